@@ -1,0 +1,210 @@
+"""The session bound to the running code: one contextvar, holding a per-request object.
+
+The contextvar is set once per request by an adapter and reset in a `finally`. It holds a
+`SessionBinding`, which is *changed* (never re-set) by `new_session()`: context copies made
+for worker threads, streamed bodies and background tasks share the same binding object, so
+a change made in any of them is what the adapter sees when it writes the response.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import NoActiveSessionError
+from ._ids import Signer, parse_session_id
+
+if TYPE_CHECKING:
+    from freeplay import Freeplay
+    from freeplay.resources.sessions import Session, TraceInfo
+
+__all__ = [
+    "SessionBinding",
+    "current_binding",
+    "current_session",
+    "current_trace",
+    "new_session",
+    "require_binding",
+    "require_session",
+    "session_scope",
+]
+
+
+class SessionBinding:
+    """What a request (or a `session_scope`) knows about its Freeplay session.
+
+    `session` is the SDK `Session` in use; `changed` is True once `new_session()` replaced the
+    one the request arrived with; `ended` is True after `end_session()`.
+    """
+
+    __slots__ = ("changed", "client", "ended", "project_id", "recording", "session", "signer")
+
+    def __init__(
+        self,
+        session: Session,
+        client: Freeplay,
+        project_id: str | None,
+        *,
+        recording: str = "background",
+        signer: Signer | None = None,
+    ) -> None:
+        self.session = session
+        self.client = client
+        self.project_id = project_id
+        self.recording = recording
+        self.signer = signer
+        self.changed = False
+        self.ended = False
+
+    @property
+    def session_id(self) -> str:
+        return str(self.session.session_id)
+
+    @property
+    def token(self) -> str:
+        """The value clients send back: the session ID, signed when a secret is set."""
+        if self.signer is None:
+            return self.session_id
+        return self.signer.sign(self.session_id)
+
+    def replace(self, custom_metadata: Mapping[str, Any] | None = None) -> Session:
+        """Start a new session for the rest of this request and for the response."""
+        if custom_metadata is None:
+            custom_metadata = self.session.custom_metadata
+        self.session = self.client.sessions.create(
+            custom_metadata=dict(custom_metadata) if custom_metadata is not None else None
+        )
+        self.changed = True
+        self.ended = False
+        return self.session
+
+    def __repr__(self) -> str:
+        return f"<SessionBinding {self.session_id} changed={self.changed} ended={self.ended}>"
+
+
+_binding: ContextVar[SessionBinding | None] = ContextVar("freeplay_session", default=None)
+_trace: ContextVar[TraceInfo | None] = ContextVar("freeplay_trace", default=None)
+
+
+def current_binding() -> SessionBinding | None:
+    return _binding.get()
+
+
+def require_binding() -> SessionBinding:
+    binding = _binding.get()
+    if binding is None:
+        raise NoActiveSessionError()
+    return binding
+
+
+def bind(binding: SessionBinding) -> Token[SessionBinding | None]:
+    """Bind `binding` for the running context. Pair with `unbind(token)` in a `finally`."""
+    return _binding.set(binding)
+
+
+def unbind(token: Token[SessionBinding | None]) -> None:
+    _binding.reset(token)
+
+
+def current_session() -> Session | None:
+    """The Freeplay `Session` of the running request or scope, or None outside one."""
+    binding = _binding.get()
+    return None if binding is None else binding.session
+
+
+def require_session() -> Session:
+    """Like `current_session()`, but raises `NoActiveSessionError` outside a session."""
+    return require_binding().session
+
+
+def new_session(custom_metadata: Mapping[str, Any] | None = None) -> Session:
+    """Start a fresh conversation: a new session for the rest of this request and the next.
+
+    Inside a request, the response carries the new session's ID. The current session's
+    custom metadata (user, tenant, ...) carries over unless `custom_metadata` is given.
+    """
+    return require_binding().replace(custom_metadata)
+
+
+def current_trace() -> TraceInfo | None:
+    """The trace opened by the innermost `trace_scope`, or None."""
+    return _trace.get()
+
+
+def bind_trace(trace: TraceInfo | None) -> Token[TraceInfo | None]:
+    return _trace.set(trace)
+
+
+def unbind_trace(token: Token[TraceInfo | None]) -> None:
+    _trace.reset(token)
+
+
+class session_scope:
+    """Bind a session outside a web request: workers, scripts, tests.
+
+    ``session_id`` resumes that session (a UUID v4), otherwise a new one is started.
+    ``project_id`` defaults to the ``FREEPLAY_PROJECT_ID`` environment variable. Usable with
+    ``with`` and ``async with``; nested scopes restore the outer session on exit.
+    """
+
+    def __init__(
+        self,
+        client: Freeplay,
+        session_id: str | None = None,
+        *,
+        project_id: str | None = None,
+        custom_metadata: Mapping[str, Any] | None = None,
+        recording: str = "background",
+    ) -> None:
+        if recording not in ("background", "sync"):
+            raise ValueError(f"recording must be 'background' or 'sync', not {recording!r}")
+        self._client = client
+        self._session_id: str | None = None
+        if session_id is not None:
+            self._session_id = parse_session_id(str(session_id))
+            if self._session_id is None:
+                raise ValueError(
+                    f"session_scope: {str(session_id)[:80]!r} is not a UUID v4 session ID."
+                )
+        self._project_id = project_id or os.environ.get("FREEPLAY_PROJECT_ID") or None
+        self._metadata = dict(custom_metadata) if custom_metadata is not None else None
+        self._recording = recording
+        self._tokens: list[Token[SessionBinding | None]] = []
+
+    def _enter(self) -> Session:
+        sessions = self._client.sessions
+        if self._session_id is None:
+            session = sessions.create(custom_metadata=self._metadata)
+        else:
+            session = sessions.restore_session(self._session_id, custom_metadata=self._metadata)
+        binding = SessionBinding(session, self._client, self._project_id, recording=self._recording)
+        self._tokens.append(bind(binding))
+        return session
+
+    def _exit(self) -> None:
+        unbind(self._tokens.pop())
+
+    def __enter__(self) -> Session:
+        return self._enter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit()
+
+    async def __aenter__(self) -> Session:
+        return self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit()

@@ -1,0 +1,3 @@
+"""URLconf for Django tests; the Django adapter's tests fill it in."""
+
+urlpatterns: list[object] = []

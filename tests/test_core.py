@@ -1,0 +1,319 @@
+"""The framework-free core: ID validation, signing, settings, the contextvar and scopes."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from freeplay import Freeplay
+
+from freeplay_integrations import (
+    ConfigurationError,
+    NoActiveSessionError,
+    current_session,
+    new_session,
+    require_session,
+    session_scope,
+)
+from freeplay_integrations._config import Settings
+from freeplay_integrations._ids import MAX_ID_LENGTH, Signer, parse_session_id
+from freeplay_integrations._web import Rejection, SessionResolver, cookie_value
+
+API_BASE = "http://127.0.0.1:9/api"  # never contacted: creating sessions makes no HTTP call
+
+
+@pytest.fixture
+def client() -> Freeplay:
+    return Freeplay(freeplay_api_key="test-key", api_base=API_BASE)
+
+
+def settings(client: Freeplay, **options: Any) -> Settings:
+    return Settings.from_options({"client": client, "project_id": "p", **options}, environ={})
+
+
+# --- IDs -------------------------------------------------------------------------------
+
+
+def test_parse_session_id_accepts_uuid4_in_any_case() -> None:
+    value = str(uuid.uuid4())
+    assert parse_session_id(value) == value
+    assert parse_session_id(value.upper()) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "not-a-uuid",
+        str(uuid.uuid1()),
+        str(uuid.uuid3(uuid.NAMESPACE_DNS, "x")),
+        str(uuid.uuid5(uuid.NAMESPACE_DNS, "x")),
+        uuid.uuid4().hex,  # no hyphens
+        "{" + str(uuid.uuid4()) + "}",
+        "urn:uuid:" + str(uuid.uuid4()),
+        str(uuid.uuid4()) + "\r\nSet-Cookie: x=1",
+        " " + str(uuid.uuid4()),
+        str(uuid.uuid4()).replace("a", "\u0430"),  # Cyrillic lookalike
+        "x" * 10_000,
+    ],
+)
+def test_parse_session_id_rejects_everything_else(value: str) -> None:
+    assert parse_session_id(value) is None
+
+
+def test_parse_session_id_caps_length_before_parsing() -> None:
+    # A valid ID padded past the cap is refused without being parsed.
+    assert parse_session_id(str(uuid.uuid4()) + " " * MAX_ID_LENGTH) is None
+
+
+def test_signer_round_trip_and_rotation() -> None:
+    old, new = "o" * 32, "n" * 32
+    session_id = str(uuid.uuid4())
+    token = Signer([old]).sign(session_id)
+    assert token.startswith(session_id + ".")
+    rotated = Signer([new, old])
+    assert rotated.unsign(token) == session_id  # still accepted after rotation
+    assert rotated.sign(session_id) == Signer([new]).sign(session_id)  # signed with the first
+    assert Signer([new]).unsign(token) is None  # old secret dropped: refused
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda t: t.split(".")[0],  # unsigned
+        lambda t: t[:-1],  # truncated signature
+        lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"),  # wrong signature
+        lambda t: str(uuid.uuid4()) + "." + t.split(".")[1],  # signature of another ID
+        lambda t: t + "x",
+        lambda t: t.replace(".", ".\u00e9"),
+    ],
+)
+def test_signer_refuses_tampered_tokens(mangle: Any) -> None:
+    signer = Signer(["s" * 32])
+    token = signer.sign(str(uuid.uuid4()))
+    assert signer.unsign(mangle(token)) is None
+
+
+# --- Settings --------------------------------------------------------------------------
+
+
+def test_settings_defaults(client: Freeplay) -> None:
+    s = settings(client)
+    assert s.header_name == "X-Freeplay-Session-Id"
+    assert s.cookie_name == "freeplay_session_id"
+    assert s.sources == ("header", "cookie")
+    assert (s.echo_header, s.set_cookie) == (True, True)
+    assert s.cookie_max_age == 30 * 24 * 3600
+    assert s.cookie_samesite == "Lax"
+    assert (s.on_invalid, s.recording) == ("new", "background")
+
+
+def test_settings_build_a_client_from_the_environment() -> None:
+    s = Settings.from_options(
+        {},
+        environ={
+            "FREEPLAY_API_KEY": "k",
+            "FREEPLAY_API_BASE": "http://127.0.0.1:9/api/",
+            "FREEPLAY_PROJECT_ID": "proj",
+        },
+    )
+    assert isinstance(s.client, Freeplay)
+    assert s.client.api_base == "http://127.0.0.1:9/api"
+    assert s.project_id == "proj"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"project_id": "p"}, "FREEPLAY_API_KEY"),
+        ({"project_id": "p", "api_key": "k"}, "FREEPLAY_API_BASE"),
+        ({"project_id": "p", "api_key": "k", "api_base": "ftp://x"}, "http(s) URL"),
+        ({"api_key": "k", "api_base": "http://x"}, "FREEPLAY_PROJECT_ID"),
+    ],
+)
+def test_settings_say_what_to_set(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_options(options, environ={})
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"on_invalid": "ignore"}, "`on_invalid=` must be 'new' or 'reject'"),
+        ({"cookie_samesite": "loose"}, "`cookie_samesite=` must be 'lax'"),
+        ({"cookie_samesite": "none", "cookie_secure": False}, "SameSite=None"),
+        ({"recording": "later"}, "`recording=` must be 'background' or 'sync'"),
+        ({"sources": ["query"]}, "may contain only 'header' and 'cookie'"),
+        ({"session_header": "X Bad"}, "`session_header=` must be a header/cookie name"),
+        ({"cookie_max_age": -1}, "`cookie_max_age=` must be a number of seconds"),
+        ({"signing_secret": "short"}, "at least 16 characters"),
+        ({"exclude_paths": ["health"]}, "starting with '/'"),
+        ({"session_metadata": "user_id"}, "must be a callable"),
+        ({"sesion_header": "X-A"}, r"Unknown freeplay_integrations option\(s\): `sesion_header=`"),
+        ({"session_cookie": None, "set_cookie": True}, "`session_cookie=` is None"),
+        ({"api_key": "k"}, "either `client=` or `api_key=`"),
+    ],
+)
+def test_settings_reject_malformed_options(
+    client: Freeplay, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        settings(client, **options)
+
+
+def test_settings_accept_a_timedelta_and_a_single_exclude_path(client: Freeplay) -> None:
+    s = settings(client, cookie_max_age=timedelta(hours=1), exclude_paths="/health")
+    assert s.cookie_max_age == 3600
+    assert s.exclude_paths == ("/health",)
+
+
+def test_no_cookie_name_drops_the_cookie_source_and_the_cookie(client: Freeplay) -> None:
+    s = settings(client, session_cookie=None)
+    assert s.sources == ("header",)
+    assert s.set_cookie is False
+
+
+# --- Resolution ------------------------------------------------------------------------
+
+
+def test_resolver_prefers_the_first_configured_source(client: Freeplay) -> None:
+    in_header, in_cookie = str(uuid.uuid4()), str(uuid.uuid4())
+    cookie = f"a=1; freeplay_session_id={in_cookie}"
+    header_first = SessionResolver(settings(client)).resolve(in_header, cookie, None)
+    cookie_first = SessionResolver(settings(client, sources=["cookie", "header"])).resolve(
+        in_header, cookie, None
+    )
+    assert not isinstance(header_first, Rejection)
+    assert not isinstance(cookie_first, Rejection)
+    assert header_first.session_id == in_header
+    assert cookie_first.session_id == in_cookie
+
+
+def test_resolver_starts_a_new_session_for_an_invalid_id(client: Freeplay) -> None:
+    binding = SessionResolver(settings(client)).resolve("nope", None, None)
+    assert not isinstance(binding, Rejection)
+    assert parse_session_id(binding.session_id) == binding.session_id
+    assert binding.session_id != "nope"
+
+
+def test_resolver_rejects_an_invalid_id_when_configured(client: Freeplay) -> None:
+    result = SessionResolver(settings(client, on_invalid="reject")).resolve(
+        None, "freeplay_session_id=zz", None
+    )
+    assert isinstance(result, Rejection)
+    assert result.status == 400
+    assert result.source == "cookie"
+    assert b"zz" not in result.body
+
+
+def test_cookie_value_parsing() -> None:
+    assert cookie_value('a=1; freeplay_session_id="abc"; b=2', "freeplay_session_id") == "abc"
+    assert cookie_value("xfreeplay_session_id=1", "freeplay_session_id") is None
+    assert (
+        cookie_value("freeplay_session_id=1; freeplay_session_id=2", "freeplay_session_id") == "1"
+    )
+    assert cookie_value(";;;=;freeplay_session_id", "freeplay_session_id") is None
+
+
+def test_session_metadata_failures_do_not_fail_the_request(client: Freeplay) -> None:
+    def broken(request: object) -> dict[str, str]:
+        raise RuntimeError("boom")
+
+    binding = SessionResolver(settings(client, session_metadata=broken)).resolve(None, None, None)
+    assert not isinstance(binding, Rejection)
+    assert binding.session.custom_metadata is None
+
+
+# --- Context ---------------------------------------------------------------------------
+
+
+def test_require_session_outside_a_session_says_how_to_bind_one() -> None:
+    assert current_session() is None
+    with pytest.raises(NoActiveSessionError, match="session_scope"):
+        require_session()
+    with pytest.raises(NoActiveSessionError):
+        new_session()
+
+
+def test_session_scope_nests_and_restores(client: Freeplay) -> None:
+    outer_id = str(uuid.uuid4())
+    with session_scope(client, outer_id, custom_metadata={"user": "u1"}) as outer:
+        assert outer.session_id == outer_id
+        assert require_session() is outer
+        with session_scope(client) as inner:
+            assert current_session() is inner
+            assert inner.session_id != outer_id
+        assert current_session() is outer
+        replaced = new_session()
+        assert current_session() is replaced
+        assert replaced.custom_metadata == {"user": "u1"}  # metadata carries over
+    assert current_session() is None
+
+
+def test_session_scope_refuses_an_invalid_id(client: Freeplay) -> None:
+    with pytest.raises(ValueError, match="not a UUID v4"):
+        session_scope(client, "123")
+
+
+@pytest.mark.anyio
+async def test_session_scope_async_is_task_local(client: Freeplay) -> None:
+    seen: dict[str, str | None] = {}
+
+    async def worker(name: str) -> None:
+        async with session_scope(client) as session:
+            await asyncio.sleep(0.01)
+            current = current_session()
+            seen[name] = current.session_id if current is not None else None
+            assert current is session
+
+    await asyncio.gather(*(worker(str(i)) for i in range(20)))
+    assert len(set(seen.values())) == 20
+    assert current_session() is None
+
+
+# --- Import hygiene --------------------------------------------------------------------
+
+_BLOCK_FRAMEWORKS = textwrap.dedent(
+    """
+    import sys, importlib.abc
+
+    BLOCKED = {"starlette", "fastapi", "django", "flask", "werkzeug", "httpx", "celery", "anyio"}
+
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, Block())
+    """
+)
+
+
+def test_core_imports_without_any_web_framework() -> None:
+    code = _BLOCK_FRAMEWORKS + textwrap.dedent(
+        """
+        import freeplay_integrations as fi
+        from freeplay import Freeplay
+        client = Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api")
+        with fi.session_scope(client) as s:
+            assert fi.current_session() is s
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        try:
+            import freeplay_integrations.asgi
+        except ImportError as exc:
+            print(exc)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pip install 'freeplay-integrations[starlette]'" in result.stdout

@@ -40,18 +40,39 @@ class SessionBinding:
     one the request arrived with; `ended` is True after `end_session()`.
     """
 
-    __slots__ = ("changed", "client", "ended", "project_id", "recording", "session", "signer")
+    _session_id: str
+
+    __slots__ = (
+        "_metadata",
+        "_session",
+        "_session_id",
+        "changed",
+        "client",
+        "ended",
+        "project_id",
+        "recording",
+        "signer",
+    )
 
     def __init__(
         self,
-        session: Session,
+        session: Session | None,
         client: Freeplay,
         project_id: str | None,
         *,
         recording: str = "background",
         signer: Signer | None = None,
+        session_id: str | None = None,
+        custom_metadata: dict[str, Any] | None = None,
     ) -> None:
-        self.session = session
+        if session is not None:
+            self._session_id = str(session.session_id)
+        elif session_id is not None:
+            self._session_id = session_id
+        else:
+            raise TypeError("SessionBinding needs a session or a session_id")
+        self._session = session
+        self._metadata = custom_metadata
         self.client = client
         self.project_id = project_id
         self.recording = recording
@@ -60,8 +81,23 @@ class SessionBinding:
         self.ended = False
 
     @property
+    def session(self) -> Session:
+        """The SDK `Session`; a resumed one is restored on first use (no HTTP call either way)."""
+        session = self._session
+        if session is None:
+            session = self._session = self.client.sessions.restore_session(
+                self._session_id, custom_metadata=self._metadata
+            )
+        return session
+
+    @session.setter
+    def session(self, session: Session) -> None:
+        self._session = session
+        self._session_id = str(session.session_id)
+
+    @property
     def session_id(self) -> str:
-        return str(self.session.session_id)
+        return self._session_id
 
     @property
     def token(self) -> str:

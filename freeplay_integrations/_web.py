@@ -126,8 +126,10 @@ class SessionResolver:
         for source in settings.sources:
             if source == "header":
                 raw = header_value
+            elif cookie_header:
+                raw = cookie_value(cookie_header, self.cookie_name)  # type: ignore[arg-type]
             else:
-                raw = cookie_value(cookie_header, self.cookie_name) if cookie_header else None  # type: ignore[arg-type]
+                continue
             if not raw:
                 continue
             session_id = self.parse(raw)
@@ -137,18 +139,19 @@ class SessionResolver:
                 logger.debug(LOG_INVALID_ID, source)
             break
 
-        metadata = self._metadata(request)
-        sessions = settings.client.sessions
-        if session_id is None:
-            session = sessions.create(custom_metadata=metadata)
-        else:
-            session = sessions.restore_session(session_id, custom_metadata=metadata)
+        metadata = None if settings.session_metadata is None else self._metadata(request)
+        # A resumed session is restored lazily, on first use: requests that never touch it
+        # (assets, health checks) do not pay for it.
         return SessionBinding(
-            session,
+            settings.client.sessions.create(custom_metadata=metadata)
+            if session_id is None
+            else None,
             settings.client,
             settings.project_id,
             recording=settings.recording,
             signer=settings.signer,
+            session_id=session_id,
+            custom_metadata=metadata,
         )
 
     def _metadata(self, request: Any) -> dict[str, Any] | None:
@@ -171,7 +174,7 @@ class SessionResolver:
             return None
         return dict(metadata)
 
-    def cookie(self, binding: SessionBinding, *, secure: bool) -> str:
+    def cookie(self, binding: SessionBinding, secure: bool) -> str:
         """The `Set-Cookie` value for the response: the session's token, or an expiry."""
         name = self.cookie_name
         if binding.ended:

@@ -66,47 +66,20 @@ class FreeplaySessionMiddleware:
         self._echo_header = self.settings.echo_header
         self._set_cookie = self.settings.set_cookie
         self._wants_request = self.settings.session_metadata is not None
+        self._exclude_paths = self.settings.exclude_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type == "http" or scope_type == "websocket":
-            if self.resolver.is_excluded(scope["path"]):
-                await self.app(scope, receive, send)
-            else:
-                await self._handle(scope, receive, send)
-        elif scope_type == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
+        if scope["type"] != "http":
+            await self._other(scope, receive, send)
+            return
+        if self._exclude_paths and scope["path"].startswith(self._exclude_paths):
             await self.app(scope, receive, send)
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        header_value = cookie_header = None
-        key = self._header_key
-        for name, value in scope["headers"]:
-            if name == key:
-                if header_value is None:
-                    header_value = value.decode("latin-1")
-            elif name == b"cookie":
-                text = value.decode("latin-1")
-                cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
-        request = HTTPConnection(scope) if self._wants_request else None
-        result = self.resolver.resolve(header_value, cookie_header, request)
-        if isinstance(result, Rejection):
-            await self._reject(scope, receive, send, result)
+            return
+        binding = self._resolve(scope)
+        if isinstance(binding, Rejection):
+            await self._reject(scope, receive, send, binding)
             return
         secure = scope.get("scheme") in _SECURE_SCHEMES
-        token = bind(result)
-        try:
-            if scope["type"] == "http":
-                await self._http(scope, receive, send, result, secure)
-            else:
-                await self._websocket(scope, receive, send, result, secure)
-        finally:
-            unbind(token)
-
-    async def _http(
-        self, scope: Scope, receive: Receive, send: Send, binding: SessionBinding, secure: bool
-    ) -> None:
         # The response start is held until the first body message, so that new_session()
         # called by the endpoint, or by a streamed body before its first chunk, is what the
         # response headers carry.
@@ -125,15 +98,49 @@ class FreeplaySessionMiddleware:
                     held = None
             await send(message)
 
+        token = bind(binding)
         try:
-            await self.app(scope, receive, send_with_session)
-        except Exception:
-            if not started:
-                with contextlib.suppress(Exception):
-                    await self._server_error(send, binding, secure)
-            raise
-        if held is not None:  # a start with no body message: still deliver it
-            await send(self._with_session(held, binding, secure))
+            try:
+                await self.app(scope, receive, send_with_session)
+            except Exception:
+                if not started:
+                    with contextlib.suppress(Exception):
+                        await self._server_error(send, binding, secure)
+                raise
+            if held is not None:  # a start with no body message: still deliver it
+                await send(self._with_session(held, binding, secure))
+        finally:
+            unbind(token)
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type == "websocket" and not self.resolver.is_excluded(scope["path"]):
+            binding = self._resolve(scope)
+            if isinstance(binding, Rejection):
+                await self._reject(scope, receive, send, binding)
+                return
+            token = bind(binding)
+            try:
+                await self._websocket(scope, receive, send, binding, scope.get("scheme") == "wss")
+            finally:
+                unbind(token)
+        elif scope_type == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _resolve(self, scope: Scope) -> SessionBinding | Rejection:
+        header_value = cookie_header = None
+        key = self._header_key
+        for name, value in scope["headers"]:
+            if name == key:
+                if header_value is None:
+                    header_value = value.decode("latin-1")
+            elif name == b"cookie":
+                text = value.decode("latin-1")
+                cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
+        request = HTTPConnection(scope) if self._wants_request else None
+        return self.resolver.resolve(header_value, cookie_header, request)
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, binding: SessionBinding, secure: bool
@@ -145,33 +152,25 @@ class FreeplaySessionMiddleware:
 
         await self.app(scope, receive, send_with_session)
 
-    def _session_headers(self, binding: SessionBinding, secure: bool) -> list[tuple[bytes, bytes]]:
-        headers: list[tuple[bytes, bytes]] = []
-        if self._echo_header and not binding.ended:
-            headers.append((self._header_key, binding.token.encode("latin-1")))  # type: ignore[arg-type]
-        if self._set_cookie:
-            cookie = self.resolver.cookie(binding, secure=secure)
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
-        return headers
-
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
+        """`message` (a response start or websocket accept) with the session headers added."""
         headers = list(message.get("headers") or ())
-        headers.extend(self._session_headers(binding, secure))
         if self._echo_header and not binding.ended:
-            self._expose(headers)
-        return {**message, "headers": headers}
-
-    def _expose(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """List the session header in Access-Control-Expose-Headers, merging any there."""
-        key = self._header_key
-        assert key is not None
-        for index, (name, value) in enumerate(headers):
-            if name.lower() == _EXPOSE:
-                listed = [v.strip().lower() for v in value.split(b",")]
-                if key not in listed and b"*" not in listed:
-                    headers[index] = (name, value + b", " + key)
-                return
-        headers.append((_EXPOSE, key))
+            key: bytes = self._header_key  # type: ignore[assignment]
+            for index, (name, value) in enumerate(headers):
+                if name == _EXPOSE:  # merge with the app's own (CORS) list
+                    listed = [v.strip().lower() for v in value.split(b",")]
+                    if key not in listed and b"*" not in listed:
+                        headers[index] = (name, value + b", " + key)
+                    break
+            else:
+                headers.append((_EXPOSE, key))
+            headers.append((key, binding.token.encode("latin-1")))
+        if self._set_cookie:
+            cookie = self.resolver.cookie(binding, secure)
+            headers.append((b"set-cookie", cookie.encode("latin-1")))
+        message["headers"] = headers
+        return message
 
     async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:
         headers = [

@@ -1,0 +1,128 @@
+"""Per-request cost of FreeplaySessionMiddleware over a bare Starlette app.
+
+Side by side, in one run, with asgi-correlation-id's CorrelationIdMiddleware doing its
+equivalent job (take a UUID from a header or make one, bind it in a contextvar, echo it).
+Requests are driven straight through the ASGI interface, so the figures are the middleware's
+own cost, without a server or a network. Each case runs several rounds, interleaved so that
+machine noise hits every case alike; the median round is reported.
+
+    .venv/bin/python bench/asgi_overhead.py [--requests 20000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from asgi_correlation_id import CorrelationIdMiddleware
+from freeplay import Freeplay
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from freeplay_integrations.asgi import FreeplaySessionMiddleware
+
+
+async def endpoint(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("ok")
+
+
+def bare() -> Any:
+    return Starlette(routes=[Route("/", endpoint)])
+
+
+def ours() -> Any:
+    client = Freeplay(freeplay_api_key="bench", api_base="http://127.0.0.1:9/api")
+    app = bare()
+    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id="bench")
+    return app
+
+
+def correlation_id() -> Any:
+    app = bare()
+    app.add_middleware(CorrelationIdMiddleware)
+    return app
+
+
+def scope(headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+
+
+async def run(app: Any, headers: list[tuple[bytes, bytes]], requests: int) -> float:
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    started = time.perf_counter()
+    for _ in range(requests):
+        await app(scope(headers), receive, send)
+    return (time.perf_counter() - started) / requests * 1e6  # microseconds per request
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    session_id = str(uuid.uuid4()).encode()
+    cases: dict[str, tuple[Callable[[], Any], list[tuple[bytes, bytes]]]] = {
+        "bare Starlette": (bare, []),
+        "freeplay, valid ID in header": (ours, [(b"x-freeplay-session-id", session_id)]),
+        "freeplay, no ID (new session)": (ours, []),
+        "asgi-correlation-id, valid ID": (correlation_id, [(b"x-request-id", session_id)]),
+        "asgi-correlation-id, no ID": (correlation_id, []),
+    }
+    apps = {name: (factory(), headers) for name, (factory, headers) in cases.items()}
+    rounds: dict[str, list[float]] = {name: [] for name in cases}
+
+    async def measure() -> None:
+        for app, headers in apps.values():  # warm-up
+            await run(app, headers, 500)
+        for _ in range(args.rounds):
+            for name, (app, headers) in apps.items():
+                rounds[name].append(await run(app, headers, args.requests))
+
+    asyncio.run(measure())
+    per_request = {name: statistics.median(values) for name, values in rounds.items()}
+    base = per_request["bare Starlette"]
+    print(f"{args.requests} requests x {args.rounds} rounds per case, median round\n")
+    print(f"{'case':34} {'us/request':>10} {'overhead us':>12}")
+    for name, value in per_request.items():
+        print(f"{name:34} {value:10.2f} {value - base:12.2f}")
+
+    def ratio(ours_case: str, peer_case: str) -> float:
+        return (per_request[ours_case] - base) / (per_request[peer_case] - base)
+
+    print("\noverhead ratio, freeplay / asgi-correlation-id (target <= 1.0):")
+    print(
+        f"  valid ID in header: {ratio('freeplay, valid ID in header', 'asgi-correlation-id, valid ID'):.2f}"
+    )
+    print(
+        f"  no ID:              {ratio('freeplay, no ID (new session)', 'asgi-correlation-id, no ID'):.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -719,3 +719,15 @@ def test_main_reports_a_busy_port(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert code == 1
     assert "--port" in capsys.readouterr().out
+
+
+def test_main_reports_a_file_that_is_not_a_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_db = tmp_path / "notes.txt"
+    not_a_db.write_text("these are not the tables you are looking for" * 100)
+
+    code = main(["--port", "0", "--db", str(not_a_db)])
+
+    assert code == 1
+    assert "--db" in capsys.readouterr().out

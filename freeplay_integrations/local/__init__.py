@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -320,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = LocalFreeplay(
             host=args.host, port=args.port, db_path=db_path, api_key=api_key, project_id=project_id
         ).start()
+    except sqlite3.DatabaseError as exc:
+        print(f"Cannot open {db_path} as the local Freeplay database: {exc}")
+        print("Pass --db with another file (it is created if missing), or --db :memory:.")
+        return 1
     except OSError as exc:
         print(f"Cannot start the local Freeplay server on {args.host}:{args.port}: {exc}")
         print("Use --port to pick another port (0 for any free one).")

@@ -1,0 +1,302 @@
+"""WSGI middleware: one Freeplay session per conversation in any WSGI app.
+
+    from freeplay_integrations.wsgi import FreeplaySessionMiddleware
+
+    application = FreeplaySessionMiddleware(application, project_id="...")
+
+The session is bound while the app is called *and* while the server drives the response
+iterable (each `next()` and `close()`), so a streamed body sees the request's session in
+every chunk, and nothing stays bound between steps: a worker thread the server reuses for
+the next request (gunicorn sync, waitress, mod_wsgi) starts clean.
+
+The real `start_response` is held until the first non-empty body chunk (or the end of the
+iterable), so `new_session()` called by the app, or by a streamed body before its first
+chunk, is what the response header and cookie carry. An app that calls the legacy
+`write()` callable sends its headers at the first `write()`.
+
+An exception that escapes the app before the response started is logged and answered with
+a plain 500 that carries the session header and cookie; the exception is not re-raised
+(a WSGI server could only replace that 500 with its own, without the session). With
+`propagate_exceptions=True` it is re-raised instead, for the Werkzeug debugger or a test
+client that should see it. After the response started, exceptions always propagate.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from ._config import Settings
+from ._context import SessionBinding, bind, unbind
+from ._web import Rejection, SessionResolver
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+__all__ = [
+    "EXPOSE_HEADERS",
+    "LOG_UNHANDLED",
+    "SERVER_ERROR_BODY",
+    "FreeplaySessionMiddleware",
+]
+
+logger = logging.getLogger("freeplay_integrations")
+
+#: Logged (with the traceback) when the app raised and the middleware answered the 500.
+LOG_UNHANDLED = "freeplay_integrations: unhandled exception in the WSGI app; answered 500"
+#: Body of the middleware's own 500 answer.
+SERVER_ERROR_BODY = b"Internal Server Error"
+#: The response header that lets browser code read the session header.
+EXPOSE_HEADERS = "Access-Control-Expose-Headers"
+
+_SERVER_ERROR_STATUS = "500 Internal Server Error"
+_SERVER_ERROR_HEADERS = (
+    ("Content-Type", "text/plain; charset=utf-8"),
+    ("Content-Length", str(len(SERVER_ERROR_BODY))),
+)
+
+Headers = list[tuple[str, str]]
+Write = Callable[[bytes], object]
+
+
+class FreeplaySessionMiddleware:
+    """Bind the conversation's Freeplay session for every request to a WSGI app.
+
+    Options are keyword-only; see the README's configuration reference. The session is
+    taken from the `X-Freeplay-Session-Id` header or the `freeplay_session_id` cookie (or a
+    new one is started), bound for the whole request, and echoed back in both.
+
+    `session_metadata`, when set, is called with the WSGI environ. `exclude_paths` are
+    matched against the full request path (`SCRIPT_NAME` + `PATH_INFO`).
+    `propagate_exceptions=True` re-raises an exception that escapes the app instead of
+    answering the 500 itself (see the module documentation).
+    """
+
+    def __init__(
+        self, app: WSGIApplication, *, propagate_exceptions: bool = False, **options: Any
+    ) -> None:
+        self.app = app
+        self.propagate_exceptions = propagate_exceptions
+        self._configure(Settings.from_options(options))
+
+    def _configure(self, settings: Settings) -> None:
+        """Everything that depends only on settings, computed once."""
+        self.settings = settings
+        self.resolver = SessionResolver(settings)
+        header = settings.header_name
+        self._header_name = header
+        self._header_lower = header.lower() if header else None
+        # How a WSGI server spells the request header in the environ (PEP 3333).
+        self._environ_key = "HTTP_" + header.upper().replace("-", "_") if header else None
+        self._echo_header = settings.echo_header
+        self._set_cookie = settings.set_cookie
+        self._excludes = bool(settings.exclude_paths)
+        self._wants_request = settings.session_metadata is not None
+
+    # -- hooks a framework adapter may override -----------------------------------------
+
+    def _propagate(self) -> bool:
+        """Whether an exception escaping the app is re-raised rather than answered 500."""
+        return self.propagate_exceptions
+
+    def _request(self, environ: WSGIEnvironment) -> Any:
+        """What `session_metadata` is called with: here, the WSGI environ itself."""
+        return environ
+
+    # -- the request -----------------------------------------------------------------------
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if self._excludes and self.resolver.is_excluded(
+            environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        ):
+            return self.app(environ, start_response)
+        key = self._environ_key
+        result = self.resolver.resolve(
+            environ.get(key) if key is not None else None,
+            environ.get("HTTP_COOKIE"),
+            self._request(environ) if self._wants_request else None,
+        )
+        if isinstance(result, Rejection):
+            return _reject(start_response, result)
+        response = _Response(self, result, start_response, environ.get("wsgi.url_scheme"))
+        token = bind(result)
+        try:
+            try:
+                app_iter = self.app(environ, response.start_response)
+            except Exception:
+                if response.started or self._propagate():
+                    raise
+                return response.server_error(sys.exc_info())
+            response.inner = app_iter
+            response.iterator = iter(app_iter)
+        finally:
+            unbind(token)
+        return response
+
+    def _with_session(self, headers: Headers, binding: SessionBinding, secure: bool) -> Headers:
+        """`headers` plus the session header, `Set-Cookie` and `Access-Control-Expose-Headers`."""
+        headers = list(headers)
+        if self._echo_header and not binding.ended:
+            headers.append((self._header_name, binding.token))  # type: ignore[arg-type]
+            self._expose(headers)
+        if self._set_cookie:
+            headers.append(("Set-Cookie", self.resolver.cookie(binding, secure=secure)))
+        return headers
+
+    def _expose(self, headers: Headers) -> None:
+        """List the session header in Access-Control-Expose-Headers, merging any there."""
+        key = self._header_lower
+        assert key is not None
+        for index, (name, value) in enumerate(headers):
+            if name.lower() == "access-control-expose-headers":
+                listed = [v.strip().lower() for v in value.split(",")]
+                if key not in listed and "*" not in listed:
+                    headers[index] = (name, f"{value}, {self._header_name}")
+                return
+        headers.append((EXPOSE_HEADERS, self._header_name))  # type: ignore[arg-type]
+
+
+def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
+    status = f"{rejection.status} {HTTPStatus(rejection.status).phrase}"
+    start_response(
+        status,
+        [
+            ("Content-Type", rejection.content_type),
+            ("Content-Length", str(len(rejection.body))),
+        ],
+    )
+    return [rejection.body]
+
+
+class _Response:
+    """One request's response: the app's `start_response`, and the iterable the server gets.
+
+    The app's status and headers are held until the first non-empty body chunk, then sent
+    with the session's header and cookie as they are at that moment. Every step the server
+    takes (`next()`, `close()`) runs with the request's session bound, and unbinds it after.
+    """
+
+    __slots__ = (
+        "binding",
+        "headers",
+        "inner",
+        "iterator",
+        "middleware",
+        "real_start_response",
+        "real_write",
+        "secure",
+        "started",
+        "status",
+    )
+
+    def __init__(
+        self,
+        middleware: FreeplaySessionMiddleware,
+        binding: SessionBinding,
+        start_response: StartResponse,
+        scheme: str | None,
+    ) -> None:
+        self.middleware = middleware
+        self.binding = binding
+        self.real_start_response = start_response
+        self.secure = scheme == "https"
+        self.status: str | None = None
+        self.headers: Headers = []
+        self.started = False
+        self.real_write: Write | None = None
+        self.inner: Iterable[bytes] = ()
+        self.iterator: Iterator[bytes] = iter(())
+
+    # -- what the app sees ---------------------------------------------------------------
+
+    def start_response(
+        self, status: str, headers: Headers, exc_info: OptExcInfo | None = None
+    ) -> Write:
+        if exc_info is not None:
+            try:
+                if self.started:
+                    # PEP 3333: too late to change the headers; re-raise the app's error.
+                    raise exc_info[1].with_traceback(exc_info[2])  # type: ignore[union-attr]
+            finally:
+                exc_info = None  # no reference cycle through the traceback
+        elif self.status is not None:
+            raise RuntimeError(
+                "start_response() was called a second time without exc_info. A WSGI app "
+                "may only replace its status and headers while handling an error "
+                "(pass exc_info=sys.exc_info())."
+            )
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        """The legacy `write()` callable: the headers go out before the first write."""
+        if not self.started:
+            self._start()
+        assert self.real_write is not None
+        self.real_write(data)
+
+    # -- what the server sees --------------------------------------------------------------
+
+    def __iter__(self) -> _Response:
+        return self
+
+    def __next__(self) -> bytes:
+        token = bind(self.binding)
+        try:
+            if self.started:
+                return next(self.iterator)
+            return self._first_chunk()
+        finally:
+            unbind(token)
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if close is None:
+            return
+        token = bind(self.binding)
+        try:
+            close()
+        finally:
+            unbind(token)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _first_chunk(self) -> bytes:
+        # Empty chunks before the first real one are dropped: the headers wait for a body.
+        try:
+            for chunk in self.iterator:
+                if chunk:
+                    self._start()
+                    return chunk
+        except Exception:
+            if self.started or self.middleware._propagate():
+                raise
+            self.iterator = iter(self.server_error(sys.exc_info()))
+            return next(self.iterator)
+        self._start()
+        raise StopIteration
+
+    def _start(self, exc_info: OptExcInfo | None = None) -> None:
+        if self.status is None:
+            raise RuntimeError(
+                "The WSGI application returned its body without calling start_response()."
+            )
+        self.started = True
+        headers = self.middleware._with_session(self.headers, self.binding, self.secure)
+        self.real_write = self.real_start_response(self.status, headers, exc_info)
+
+    def server_error(self, exc_info: OptExcInfo) -> list[bytes]:
+        """Log the app's exception and answer a plain 500 that carries the session."""
+        try:
+            logger.error(LOG_UNHANDLED, exc_info=exc_info)
+            self.status = _SERVER_ERROR_STATUS
+            self.headers = list(_SERVER_ERROR_HEADERS)
+            self._start(exc_info)
+        finally:
+            exc_info = None  # type: ignore[assignment]
+        return [SERVER_ERROR_BODY]

@@ -59,12 +59,15 @@ OPTION_NAMES = (
     "exclude_paths",
     "session_metadata",
     "recording",
+    "authorize_session",
+    "on_unauthorized",
 )
 
 Source = Literal["header", "cookie"]
 OnInvalid = Literal["new", "reject"]
 RecordingMode = Literal["background", "sync"]
 SessionMetadata = Callable[[Any], "Mapping[str, Any] | None"]
+AuthorizeSession = Callable[[Any, str], bool]
 
 #: How an option is written in the user's framework, for error messages.
 OptionNamer = Callable[[str], str]
@@ -82,6 +85,7 @@ class Settings:
     """The validated, normalised configuration of one middleware or extension."""
 
     __slots__ = (
+        "authorize_session",
         "client",
         "cookie_domain",
         "cookie_max_age",
@@ -93,6 +97,7 @@ class Settings:
         "exclude_paths",
         "header_name",
         "on_invalid",
+        "on_unauthorized",
         "project_id",
         "recording",
         "session_metadata",
@@ -118,6 +123,8 @@ class Settings:
     exclude_paths: tuple[str, ...]
     session_metadata: SessionMetadata | None
     recording: RecordingMode
+    authorize_session: AuthorizeSession | None
+    on_unauthorized: OnInvalid
 
     @classmethod
     def from_options(
@@ -194,6 +201,16 @@ class Settings:
         self.session_metadata = metadata
         self.recording = _choice(  # type: ignore[assignment]
             options, "recording", ("background", "sync"), "background", name
+        )
+        authorize = options.get("authorize_session")
+        if authorize is not None and not callable(authorize):
+            raise ConfigurationError(
+                f"{name('authorize_session')} must be a callable that takes the request and "
+                f"the session ID and returns True to allow resuming it, not {authorize!r}."
+            )
+        self.authorize_session = authorize
+        self.on_unauthorized = _choice(  # type: ignore[assignment]
+            options, "on_unauthorized", ("new", "reject"), "new", name
         )
         return self
 

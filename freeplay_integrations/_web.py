@@ -17,6 +17,7 @@ from ._ids import parse_session_id
 
 __all__ = [
     "INVALID_ID_REASON",
+    "UNAUTHORIZED_REASON",
     "Rejection",
     "SessionResolver",
     "cookie_value",
@@ -26,21 +27,29 @@ logger = logging.getLogger("freeplay_integrations")
 
 #: The body of a 400 answer to an invalid session ID with `on_invalid="reject"`.
 INVALID_ID_REASON = "Invalid Freeplay session ID."
+#: The body of a 403 answer to a session that `authorize_session` refused.
+UNAUTHORIZED_REASON = "This Freeplay session belongs to another user."
 LOG_INVALID_ID = "freeplay_integrations: ignored an invalid session ID from the %s; new session"
 LOG_METADATA_FAILED = "freeplay_integrations: session_metadata raised; session has no metadata"
+LOG_UNAUTHORIZED = "freeplay_integrations: authorize_session refused the session from the %s"
+LOG_AUTHORIZE_FAILED = "freeplay_integrations: authorize_session raised; session refused"
 
 
 class Rejection:
-    """The answer to a request whose session ID is invalid, under `on_invalid="reject"`."""
+    """The answer to a request refused for its session ID, instead of calling the app.
 
-    __slots__ = ("source",)
-    status = 400
-    reason = INVALID_ID_REASON
-    body = (INVALID_ID_REASON + "\n").encode("ascii")
+    400 for an invalid ID under `on_invalid="reject"`; 403 for a valid ID that
+    `authorize_session` refused under `on_unauthorized="reject"`.
+    """
+
+    __slots__ = ("body", "reason", "source", "status")
     content_type = "text/plain; charset=utf-8"
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, status: int = 400, reason: str = INVALID_ID_REASON) -> None:
         self.source = source
+        self.status = status
+        self.reason = reason
+        self.body = (reason + "\n").encode("ascii")
 
     def __repr__(self) -> str:
         return f"<Rejection {self.status} from the {self.source}>"
@@ -137,6 +146,13 @@ class SessionResolver:
                 if settings.on_invalid == "reject":
                     return Rejection(source)
                 logger.debug(LOG_INVALID_ID, source)
+            elif settings.authorize_session is not None and not self._authorized(
+                request, session_id
+            ):
+                logger.info(LOG_UNAUTHORIZED, source)
+                if settings.on_unauthorized == "reject":
+                    return Rejection(source, 403, UNAUTHORIZED_REASON)
+                session_id = None
             break
 
         metadata = None if settings.session_metadata is None else self._metadata(request)
@@ -153,6 +169,14 @@ class SessionResolver:
             session_id=session_id,
             custom_metadata=metadata,
         )
+
+    def _authorized(self, request: Any, session_id: str) -> bool:
+        try:
+            return bool(self.settings.authorize_session(request, session_id))  # type: ignore[misc]
+        except Exception:
+            # Refusing is the safe side: the client gets a new session, not someone else's.
+            logger.exception(LOG_AUTHORIZE_FAILED)
+            return False
 
     def _metadata(self, request: Any) -> dict[str, Any] | None:
         hook = self.settings.session_metadata

@@ -65,7 +65,10 @@ class FreeplaySessionMiddleware:
         self._header_key = header.lower().encode("latin-1") if header else None
         self._echo_header = self.settings.echo_header
         self._set_cookie = self.settings.set_cookie
-        self._wants_request = self.settings.session_metadata is not None
+        self._wants_request = (
+            self.settings.session_metadata is not None
+            or self.settings.authorize_session is not None
+        )
         self._exclude_paths = self.settings.exclude_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -568,3 +568,55 @@ def test_configuration_errors_happen_at_construction(monkeypatch: pytest.MonkeyP
         FreeplaySessionMiddleware(app)
     monkeypatch.setenv("FREEPLAY_PROJECT_ID", "p")
     assert FreeplaySessionMiddleware(app).settings.project_id == "p"
+
+
+# --- Ownership ---------------------------------------------------------------------------
+
+
+def owners_hook(owners: dict[str, str], calls: list[str]) -> Any:
+    def authorize(request: HTTPConnection, session_id: str) -> bool:
+        calls.append(session_id)
+        if request.headers.get("x-user") == "raise":
+            raise RuntimeError("directory down")
+        return owners.get(session_id) == request.headers.get("x-user")
+
+    return authorize
+
+
+def test_authorize_session_refuses_another_users_conversation(client: Freeplay) -> None:
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    calls: list[str] = []
+    owners = {mine: "ada", theirs: "bob"}
+    app = build_app(client, authorize_session=owners_hook(owners, calls))
+    with TestClient(app) as http:
+        assert (
+            http.get("/async", headers={HEADER: mine, "x-user": "ada"}).json()["session_id"] == mine
+        )
+        refused = http.get("/async", headers={HEADER: theirs, "x-user": "ada"})
+        failing = http.get("/async", headers={HEADER: mine, "x-user": "raise"})
+        http.cookies.clear()
+        http.get("/async")  # a new session: nothing to authorize
+    assert refused.status_code == 200
+    assert assert_new_session(refused, not_=theirs) == refused.json()["session_id"]
+    assert theirs not in refused.headers["set-cookie"]
+    assert failing.json()["session_id"] != mine  # a failing hook refuses, safely
+    assert calls == [mine, theirs, mine]
+
+
+def test_authorize_session_can_answer_403(client: Freeplay) -> None:
+    theirs = str(uuid.uuid4())
+    seen: list[Any] = []
+    app = build_app(
+        client,
+        seen=seen,
+        authorize_session=owners_hook({theirs: "bob"}, []),
+        on_unauthorized="reject",
+    )
+    with TestClient(app) as http:
+        response = http.get("/async", headers={HEADER: theirs, "x-user": "ada"})
+        allowed = http.get("/async", headers={HEADER: theirs, "x-user": "bob"})
+    assert response.status_code == 403
+    assert response.text == "This Freeplay session belongs to another user.\n"
+    assert HEADER not in response.headers
+    assert allowed.json()["session_id"] == theirs
+    assert len(seen) == 1  # the app ran only for the allowed request

@@ -70,7 +70,8 @@ class FreeplaySessionMiddleware:
     taken from the `X-Freeplay-Session-Id` header or the `freeplay_session_id` cookie (or a
     new one is started), bound for the whole request, and echoed back in both.
 
-    `session_metadata`, when set, is called with the WSGI environ. `exclude_paths` are
+    `session_metadata` and `authorize_session` get the WSGI environ as their request
+    argument. `exclude_paths` are
     matched against the full request path (`SCRIPT_NAME` + `PATH_INFO`).
     `propagate_exceptions=True` re-raises an exception that escapes the app instead of
     answering the 500 itself (see the module documentation).
@@ -95,7 +96,9 @@ class FreeplaySessionMiddleware:
         self._echo_header = settings.echo_header
         self._set_cookie = settings.set_cookie
         self._excludes = bool(settings.exclude_paths)
-        self._wants_request = settings.session_metadata is not None
+        self._wants_request = (
+            settings.session_metadata is not None or settings.authorize_session is not None
+        )
 
     # -- hooks a framework adapter may override -----------------------------------------
 
@@ -104,7 +107,7 @@ class FreeplaySessionMiddleware:
         return self.propagate_exceptions
 
     def _request(self, environ: WSGIEnvironment) -> Any:
-        """What `session_metadata` is called with: here, the WSGI environ itself."""
+        """The request `session_metadata` and `authorize_session` get: the WSGI environ."""
         return environ
 
     # -- the request -----------------------------------------------------------------------
@@ -144,7 +147,7 @@ class FreeplaySessionMiddleware:
             headers.append((self._header_name, binding.token))  # type: ignore[arg-type]
             self._expose(headers)
         if self._set_cookie:
-            headers.append(("Set-Cookie", self.resolver.cookie(binding, secure=secure)))
+            headers.append(("Set-Cookie", self.resolver.cookie(binding, secure)))
         return headers
 
     def _expose(self, headers: Headers) -> None:
@@ -281,22 +284,26 @@ class _Response:
         self._start()
         raise StopIteration
 
-    def _start(self, exc_info: OptExcInfo | None = None) -> None:
+    def _start(self) -> None:
         if self.status is None:
             raise RuntimeError(
                 "The WSGI application returned its body without calling start_response()."
             )
         self.started = True
         headers = self.middleware._with_session(self.headers, self.binding, self.secure)
-        self.real_write = self.real_start_response(self.status, headers, exc_info)
+        self.real_write = self.real_start_response(self.status, headers)
 
     def server_error(self, exc_info: OptExcInfo) -> list[bytes]:
-        """Log the app's exception and answer a plain 500 that carries the session."""
+        """Log the app's exception and answer a plain 500 that carries the session.
+
+        The server's `start_response` has not been called yet, so it gets no `exc_info`:
+        some (Werkzeug's test client) would re-raise the exception from it.
+        """
         try:
             logger.error(LOG_UNHANDLED, exc_info=exc_info)
-            self.status = _SERVER_ERROR_STATUS
-            self.headers = list(_SERVER_ERROR_HEADERS)
-            self._start(exc_info)
         finally:
             exc_info = None  # type: ignore[assignment]
+        self.status = _SERVER_ERROR_STATUS
+        self.headers = list(_SERVER_ERROR_HEADERS)
+        self._start()
         return [SERVER_ERROR_BODY]

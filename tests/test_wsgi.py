@@ -249,6 +249,21 @@ def test_session_metadata_gets_the_environ(make: Callable[..., Any]) -> None:
     assert served.text == "{'user': 'ada'}"
 
 
+def test_authorize_session_gets_the_environ(make: Callable[..., Any]) -> None:
+    calls: list[tuple[Any, str]] = []
+
+    def authorize(environ: WSGIEnvironment, session_id: str) -> bool:
+        calls.append((environ, session_id))
+        return bool(environ.get("HTTP_X_USER") == "owner")
+
+    app = make(authorize_session=authorize)
+    sid = str(uuid.uuid4())
+    owner = make_environ(header=sid, HTTP_X_USER="owner")
+    assert serve(app, owner).text == sid
+    assert calls == [(owner, sid)]
+    assert serve(app, make_environ(header=sid, HTTP_X_USER="other")).text != sid
+
+
 def test_excluded_paths_are_passed_through(make: Callable[..., Any]) -> None:
     app = make(exclude_paths=["/health"])
     served = serve(app, make_environ("/health/live"))

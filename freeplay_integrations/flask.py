@@ -1,0 +1,222 @@
+"""Flask: one Freeplay session per conversation, bound for everything a request does.
+
+    from freeplay_integrations.flask import FreeplaySessions, current_session
+
+    freeplay = FreeplaySessions()
+
+    def create_app() -> Flask:
+        app = Flask(__name__)
+        app.config["FREEPLAY_PROJECT_ID"] = "..."
+        freeplay.init_app(app)
+        return app
+
+    @bp.post("/chat")
+    def chat() -> dict[str, str]:
+        return {"session_id": current_session.session_id}
+
+`init_app` wraps `app.wsgi_app` in the WSGI middleware
+(`freeplay_integrations.wsgi.FreeplaySessionMiddleware`): the session is bound before
+Flask's request context is pushed and stays bound for `before_request` / `after_request` /
+`teardown_request` hooks, blueprints, error handlers, and every chunk of a streamed body,
+with or without `stream_with_context`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+try:
+    from flask import Flask
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "freeplay_integrations.flask needs Flask. "
+        "Install it with: pip install 'freeplay-integrations[flask]'"
+    ) from exc
+
+from ._config import (
+    DEFAULT_COOKIE_MAX_AGE,
+    DEFAULT_SESSION_COOKIE,
+    DEFAULT_SESSION_HEADER,
+    OPTION_NAMES,
+    Settings,
+    keyword_option,
+)
+from ._context import current_session as _current_session
+from ._context import require_session
+from ._errors import ConfigurationError
+from .wsgi import FreeplaySessionMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
+    from freeplay.resources.sessions import Session
+
+__all__ = [
+    "CONFIG_DEFAULTS",
+    "CONFIG_PREFIX",
+    "EXTENSION_KEY",
+    "FreeplaySessions",
+    "FreeplayState",
+    "current_session",
+]
+
+#: The key of the extension's per-app state in `app.extensions`.
+EXTENSION_KEY = "freeplay"
+#: Options are read from `app.config[CONFIG_PREFIX + option.upper()]`.
+CONFIG_PREFIX = "FREEPLAY_"
+#: What `init_app` puts in `app.config` (with `setdefault`) for each option not set there.
+#: `None` means "derived": `echo_header` / `set_cookie` are on when a header / cookie name is
+#: set, `sources` is header then cookie, and the API key, base URL and project ID come from
+#: the `FREEPLAY_API_KEY`, `FREEPLAY_API_BASE` and `FREEPLAY_PROJECT_ID` environment variables.
+CONFIG_DEFAULTS: Mapping[str, Any] = {
+    "client": None,
+    "api_key": None,
+    "api_base": None,
+    "project_id": None,
+    "session_header": DEFAULT_SESSION_HEADER,
+    "session_cookie": DEFAULT_SESSION_COOKIE,
+    "sources": None,
+    "echo_header": None,
+    "set_cookie": None,
+    "cookie_max_age": DEFAULT_COOKIE_MAX_AGE,
+    "cookie_secure": None,
+    "cookie_samesite": "lax",
+    "cookie_domain": None,
+    "cookie_path": "/",
+    "signing_secret": None,
+    "on_invalid": "new",
+    "exclude_paths": (),
+    "session_metadata": None,
+    "recording": "background",
+    "authorize_session": None,
+    "on_unauthorized": "new",
+}
+
+
+def _config_key(option: str) -> str:
+    return CONFIG_PREFIX + option.upper()
+
+
+class FreeplaySessions:
+    """The Flask extension. `FreeplaySessions(app)`, or `FreeplaySessions()` then `init_app`.
+
+    Options are the keyword arguments of the WSGI/ASGI middleware (`project_id=...`, ...),
+    or `app.config` keys (`FREEPLAY_PROJECT_ID`, ...); keyword arguments win. One instance
+    can serve several apps (the application-factory pattern), each with its own config.
+    """
+
+    def __init__(self, app: Flask | None = None, **options: Any) -> None:
+        unknown = sorted(set(options) - set(OPTION_NAMES))
+        if unknown:
+            raise ConfigurationError(
+                f"Unknown FreeplaySessions option(s): {', '.join(map(keyword_option, unknown))}. "
+                f"Valid options: {', '.join(OPTION_NAMES)} (or the app.config keys "
+                f"{CONFIG_PREFIX}<OPTION>)."
+            )
+        self.options: dict[str, Any] = options
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate the configuration and bind a session for every request to `app`.
+
+        Raises `ConfigurationError` (naming what to set) when the configuration is missing
+        or malformed, and `RuntimeError` when `app` already has a `FreeplaySessions`.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A 'FreeplaySessions' instance has already been registered on this Flask "
+                f"app ({app.name!r}). Import and use that instance instead of calling "
+                "init_app again or creating another one."
+            )
+        values: dict[str, Any] = {}
+        for option in OPTION_NAMES:
+            key = _config_key(option)
+            if option in self.options:
+                values[option] = self.options[option]
+                app.config.setdefault(key, values[option])
+            elif option in CONFIG_DEFAULTS:
+                values[option] = app.config.setdefault(key, CONFIG_DEFAULTS[option])
+            elif key in app.config:
+                values[option] = app.config[key]
+
+        def name(option: str) -> str:
+            if option in self.options:
+                return keyword_option(option)
+            return f'app.config["{_config_key(option)}"]'
+
+        settings = Settings.from_options(values, name=name)
+        middleware = _FlaskMiddleware(app.wsgi_app, settings, app)
+        app.wsgi_app = middleware  # type: ignore[method-assign]
+        app.extensions[EXTENSION_KEY] = FreeplayState(self, settings, middleware)
+
+    def __repr__(self) -> str:
+        return f"<FreeplaySessions options={sorted(self.options)}>"
+
+
+class FreeplayState:
+    """What `init_app` registered on one app, in `app.extensions["freeplay"]`."""
+
+    __slots__ = ("extension", "middleware", "settings")
+
+    def __init__(
+        self,
+        extension: FreeplaySessions,
+        settings: Settings,
+        middleware: FreeplaySessionMiddleware,
+    ) -> None:
+        self.extension = extension
+        self.settings = settings
+        self.middleware = middleware
+
+    def __repr__(self) -> str:
+        return f"<FreeplayState {self.settings!r}>"
+
+
+class _FlaskMiddleware(FreeplaySessionMiddleware):
+    """The WSGI middleware, configured from the extension and following Flask's rules."""
+
+    def __init__(self, wsgi_app: WSGIApplication, settings: Settings, flask_app: Flask) -> None:
+        self.app = wsgi_app
+        self.propagate_exceptions = False
+        self.flask_app = flask_app
+        self._configure(settings)
+
+    def _propagate(self) -> bool:
+        # Flask's own rule (Flask.handle_exception): re-raise in testing and debug mode, so
+        # the test client and the debugger see the exception.
+        app = self.flask_app
+        propagate = app.config["PROPAGATE_EXCEPTIONS"]
+        if propagate is None:
+            return bool(app.testing or app.debug)
+        return bool(propagate)
+
+    def _request(self, environ: WSGIEnvironment) -> Any:
+        # For `session_metadata` and `authorize_session`: a shallow request, whose headers,
+        # cookies, args and path are readable but whose body is not, so the view still gets
+        # it whole (reading it there raises: no metadata, or the session is refused).
+        return self.flask_app.request_class(environ, shallow=True)
+
+
+class _CurrentSession:
+    """`current_session()` is the request's `Session` or None (as everywhere in the package);
+    `current_session.session_id` reads the bound session like `flask.g` does, raising
+    `NoActiveSessionError` outside a request."""
+
+    __slots__ = ()
+
+    def __call__(self) -> Session | None:
+        return _current_session()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(require_session(), name)
+
+    def __bool__(self) -> bool:
+        return _current_session() is not None
+
+    def __repr__(self) -> str:
+        return f"<current_session {_current_session()!r}>"
+
+
+#: The request's Freeplay session: `current_session.session_id`, or `current_session()`.
+current_session = _CurrentSession()

@@ -15,15 +15,38 @@ from ._context import (
     session_scope,
 )
 from ._errors import ConfigurationError, NoActiveSessionError
-from ._recording import flush
+from ._helpers import (
+    TraceHandle,
+    attach_session,
+    end_session,
+    record,
+    record_feedback,
+    record_trace_feedback,
+    trace_scope,
+    update_session_metadata,
+    update_trace_metadata,
+)
+from ._recording import RecorderStats, configure_recording, flush, recorder_stats
 
 __all__ = [
     "ConfigurationError",
     "NoActiveSessionError",
+    "RecorderStats",
+    "TraceHandle",
+    "attach_session",
+    "configure_recording",
     "current_session",
     "current_trace",
+    "end_session",
     "flush",
     "new_session",
+    "record",
+    "record_feedback",
+    "record_trace_feedback",
+    "recorder_stats",
     "require_session",
     "session_scope",
+    "trace_scope",
+    "update_session_metadata",
+    "update_trace_metadata",
 ]

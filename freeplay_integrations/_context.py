@@ -49,6 +49,7 @@ class SessionBinding:
         "changed",
         "client",
         "ended",
+        "last_completion_id",
         "project_id",
         "recording",
         "signer",
@@ -79,6 +80,8 @@ class SessionBinding:
         self.signer = signer
         self.changed = False
         self.ended = False
+        #: ID of the last completion `record()` made in this request or scope.
+        self.last_completion_id: str | None = None
 
     @property
     def session(self) -> Session:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
+import flask
 import httpx
 import pytest
+import waitress
 from freeplay import Freeplay
 from freeplay.resources.recordings import RecordPayload
 from starlette.applications import Starlette
@@ -30,6 +34,9 @@ from freeplay_integrations.httpx import (
     propagate_session,
 )
 from freeplay_integrations.local import LocalFreeplay
+from freeplay_integrations.wsgi import (
+    FreeplaySessionMiddleware as WSGIFreeplaySessionMiddleware,
+)
 from tests._servers import serve_asgi
 
 HEADER = "x-freeplay-session-id"
@@ -395,29 +402,69 @@ async def test_concurrent_tasks_on_one_client_each_send_their_own_session(fp: Fr
 # -- end to end: service A calls service B over real HTTP -------------------------------------
 
 
-def make_service_b(freeplay_local: LocalFreeplay, **options: Any) -> Any:
-    """Service B: records one completion into the session its middleware bound."""
+def record_from_b(freeplay_local: LocalFreeplay, fp: Freeplay, question: str) -> str:
+    """What service B does: record one completion into the session its middleware bound."""
+    session = current_session()
+    assert session is not None
+    fp.recordings.create(
+        RecordPayload(
+            project_id=freeplay_local.project_id,
+            all_messages=[
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": "from B"},
+            ],
+            session_info=session.session_info,
+        )
+    )
+    return session.session_id
+
+
+def make_flask_service_b(freeplay_local: LocalFreeplay, **options: Any) -> Any:
+    """Service B as a Flask app behind the WSGI middleware."""
+    fp = freeplay_local.client()
+    app = flask.Flask("service_b")
+
+    @app.get("/answer")
+    def answer() -> dict[str, str]:
+        return {"session_id": record_from_b(freeplay_local, fp, flask.request.args["q"])}
+
+    return WSGIFreeplaySessionMiddleware(
+        app, client=fp, project_id=freeplay_local.project_id, **options
+    )
+
+
+def make_asgi_service_b(freeplay_local: LocalFreeplay, **options: Any) -> Any:
+    """Service B as a Starlette app behind the ASGI middleware."""
     fp = freeplay_local.client()
 
     def answer(request: Request) -> JSONResponse:  # sync: Starlette runs it in a thread
-        session = current_session()
-        assert session is not None
-        fp.recordings.create(
-            RecordPayload(
-                project_id=freeplay_local.project_id,
-                all_messages=[
-                    {"role": "user", "content": request.query_params["q"]},
-                    {"role": "assistant", "content": "from B"},
-                ],
-                session_info=session.session_info,
-            )
+        return JSONResponse(
+            {"session_id": record_from_b(freeplay_local, fp, request.query_params["q"])}
         )
-        return JSONResponse({"session_id": session.session_id})
 
     app = Starlette(routes=[Route("/answer", answer)])
     return FreeplaySessionMiddleware(
         app, client=fp, project_id=freeplay_local.project_id, **options
     )
+
+
+@contextmanager
+def serve_wsgi(app: Any) -> Iterator[str]:
+    """Serve `app` with waitress on a free loopback port; yield its base URL."""
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=4)
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        server.close()
+        thread.join(timeout=10)
+
+
+def serve_service_b(kind: str, freeplay_local: LocalFreeplay, **options: Any) -> Any:
+    if kind == "flask":
+        return serve_wsgi(make_flask_service_b(freeplay_local, **options))
+    return serve_asgi(make_asgi_service_b(freeplay_local, **options), lifespan="off")
 
 
 def make_service_a(freeplay_local: LocalFreeplay, b_url: str, c_url: str, **options: Any) -> Any:
@@ -442,13 +489,15 @@ def make_service_a(freeplay_local: LocalFreeplay, b_url: str, c_url: str, **opti
     )
 
 
+@pytest.mark.parametrize("b_kind", ["flask", "asgi"])
 @pytest.mark.parametrize("secret", [None, SECRET], ids=["plain", "signed"])
 def test_recording_in_service_b_lands_in_service_a_session(
-    freeplay_local: LocalFreeplay, secret: str | None
+    freeplay_local: LocalFreeplay, secret: str | None, b_kind: str
 ) -> None:
+    """A (uvicorn) calls B (waitress+Flask, or uvicorn) and C (a third party) over loopback."""
     options: dict[str, Any] = {} if secret is None else {"signing_secret": secret}
     with (
-        serve_asgi(make_service_b(freeplay_local, **options), lifespan="off") as b_url,
+        serve_service_b(b_kind, freeplay_local, **options) as b_url,
         serve_asgi(echo_asgi, lifespan="off") as c_url,
         serve_asgi(
             make_service_a(freeplay_local, b_url, c_url, **options), lifespan="off"

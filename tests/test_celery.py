@@ -20,14 +20,21 @@ from celery import Celery, chain, group, signals
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
 from freeplay import Freeplay
-from freeplay.resources.recordings import RecordPayload
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from freeplay_integrations import ConfigurationError, current_session, current_trace, session_scope
-from freeplay_integrations._context import bind_trace, current_binding, unbind_trace
+from freeplay_integrations import (
+    ConfigurationError,
+    current_session,
+    current_trace,
+    flush,
+    record,
+    session_scope,
+    trace_scope,
+)
+from freeplay_integrations._context import current_binding
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
 from freeplay_integrations.celery import (
     DISPATCH_UID,
@@ -68,8 +75,7 @@ def make_app(freeplay_local: LocalFreeplay, **options: Any) -> Celery:
         worker_hijack_root_logger=False,
         broker_connection_retry_on_startup=False,
     )
-    fp = freeplay_local.client()
-    options.setdefault("client", fp)
+    options.setdefault("client", freeplay_local.client())
 
     @app.task(name="observe", shared=False)
     def observe_task(*_: Any) -> dict[str, Any]:
@@ -77,19 +83,12 @@ def make_app(freeplay_local: LocalFreeplay, **options: Any) -> Celery:
 
     @app.task(name="record", shared=False)
     def record_task(question: str) -> dict[str, Any]:
-        session, trace = current_session(), current_trace()
-        assert session is not None
-        fp.recordings.create(
-            RecordPayload(
-                project_id=freeplay_local.project_id,
-                all_messages=[
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": "from the worker"},
-                ],
-                session_info=session.session_info,
-                parent_id=None if trace is None else uuid.UUID(str(trace.trace_id)),
-            )
-        )
+        record(
+            all_messages=[
+                {"role": "user", "content": question},
+                {"role": "assistant", "content": "from the worker"},
+            ]
+        )  # into the bound session, under the bound trace
         return observe()
 
     @app.task(name="step", shared=False)
@@ -144,6 +143,13 @@ def fp(freeplay_local: LocalFreeplay) -> Freeplay:
     return freeplay_local.client()
 
 
+@pytest.fixture(autouse=True)
+def delivered(freeplay_local: LocalFreeplay) -> Iterator[None]:
+    """What a test recorded (in the background) reaches the local server before it stops."""
+    yield
+    assert flush(timeout=5), "background recordings were not delivered"
+
+
 NOTHING = {"session_id": None, "project_id": None, "metadata": None, "trace_id": None}
 
 
@@ -156,16 +162,10 @@ def test_recording_in_a_task_lands_in_the_request_session_under_its_trace(
     celery_app = make_app(freeplay_local)
 
     def ask(request: Request) -> JSONResponse:  # a sync view, run in Starlette's threadpool
-        session = current_session()
-        assert session is not None
-        trace = session.create_trace(input=request.query_params["q"], name="chat")
-        token = bind_trace(trace)
-        try:
-            task = celery_app.tasks["record"].delay(request.query_params["q"])
-            seen = get(task)
-        finally:
-            unbind_trace(token)
-        trace.record_output(freeplay_local.project_id, "answered")
+        question = request.query_params["q"]
+        with trace_scope(question, name="chat") as trace:
+            seen = get(celery_app.tasks["record"].delay(question))
+            trace.output = "answered"
         return JSONResponse({"trace_id": trace.trace_id, "worker_saw": seen})
 
     web = FreeplaySessionMiddleware(
@@ -193,6 +193,7 @@ def test_recording_in_a_task_lands_in_the_request_session_under_its_trace(
             "metadata": None,
             "trace_id": trace_id,
         }
+    assert flush(timeout=5)  # the worker and the web app record in the background
     completions = freeplay_local.completions(session_id)
     assert [c["messages"][0]["content"] for c in completions] == ["hello", "again"]
     assert [c["parent_id"] for c in completions] == traces
@@ -307,19 +308,18 @@ def test_apply_async_chain_and_group_carry_the_session_and_trace(
 ) -> None:
     app = make_app(freeplay_local)
     step, observe_task = app.tasks["step"], app.tasks["observe"]
-    with running_worker(app), session_scope(fp) as session:
-        trace = session.create_trace(input="x")
-        token = bind_trace(trace)
-        try:
-            applied = observe_task.apply_async(countdown=0)
-            chained = chain(step.s([]), step.s(), step.s()).apply_async()
-            grouped = group(observe_task.s() for _ in range(3)).apply_async()
-            results = [get(applied), *get(chained), *get(grouped)]
-        finally:
-            unbind_trace(token)
+    with (
+        running_worker(app),
+        session_scope(fp, project_id="p-1") as session,
+        trace_scope("x") as trace,
+    ):
+        applied = observe_task.apply_async(countdown=0)
+        chained = chain(step.s([]), step.s(), step.s()).apply_async()
+        grouped = group(observe_task.s() for _ in range(3)).apply_async()
+        results = [get(applied), *get(chained), *get(grouped)]
     expected = {
         "session_id": session.session_id,
-        "project_id": None,
+        "project_id": "p-1",
         "metadata": None,
         "trace_id": trace.trace_id,
     }
@@ -344,14 +344,12 @@ def test_headers_published_and_explicit_headers_kept(
     try:
         with running_worker(app):
             get(app.tasks["observe"].delay())  # outside: nothing added
-            with session_scope(fp, project_id="p-1", custom_metadata={"user": "u"}) as session:
-                trace = session.create_trace(input="x")
-                token = bind_trace(trace)
-                try:
-                    get(app.tasks["observe"].delay())
-                    seen = get(app.tasks["observe"].apply_async(headers={SESSION_HEADER: explicit}))
-                finally:
-                    unbind_trace(token)
+            with (
+                session_scope(fp, project_id="p-1", custom_metadata={"user": "u"}) as session,
+                trace_scope("x") as trace,
+            ):
+                get(app.tasks["observe"].delay())
+                seen = get(app.tasks["observe"].apply_async(headers={SESSION_HEADER: explicit}))
     finally:
         signals.after_task_publish.disconnect(capture)
     ours = [h for h in sent if h.get("task") == "observe"]
@@ -485,6 +483,7 @@ def test_worker_builds_its_client_from_the_environment(
         seen = get(app.tasks["record"].delay("from env"))
     assert seen["session_id"] == session.session_id
     assert seen["project_id"] == freeplay_local.project_id
+    assert flush(timeout=5)
     completions = freeplay_local.completions(session.session_id)
     assert [c["messages"][0]["content"] for c in completions] == ["from env"]
     assert current_session() is None

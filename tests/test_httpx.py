@@ -16,15 +16,21 @@ import httpx
 import pytest
 import waitress
 from freeplay import Freeplay
-from freeplay.resources.recordings import RecordPayload
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from freeplay_integrations import ConfigurationError, current_session, session_scope
+from freeplay_integrations import (
+    ConfigurationError,
+    current_session,
+    flush,
+    record,
+    session_scope,
+)
 from freeplay_integrations._ids import Signer
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
+from freeplay_integrations.flask import FreeplaySessions
 from freeplay_integrations.httpx import (
     LOG_EMPTY_ALLOWLIST,
     LOG_PREDICATE_FAILED,
@@ -34,9 +40,6 @@ from freeplay_integrations.httpx import (
     propagate_session,
 )
 from freeplay_integrations.local import LocalFreeplay
-from freeplay_integrations.wsgi import (
-    FreeplaySessionMiddleware as WSGIFreeplaySessionMiddleware,
-)
 from tests._servers import serve_asgi
 
 HEADER = "x-freeplay-session-id"
@@ -402,49 +405,42 @@ async def test_concurrent_tasks_on_one_client_each_send_their_own_session(fp: Fr
 # -- end to end: service A calls service B over real HTTP -------------------------------------
 
 
-def record_from_b(freeplay_local: LocalFreeplay, fp: Freeplay, question: str) -> str:
+def record_from_b(question: str) -> str:
     """What service B does: record one completion into the session its middleware bound."""
+    record(
+        all_messages=[
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": "from B"},
+        ]
+    )
     session = current_session()
     assert session is not None
-    fp.recordings.create(
-        RecordPayload(
-            project_id=freeplay_local.project_id,
-            all_messages=[
-                {"role": "user", "content": question},
-                {"role": "assistant", "content": "from B"},
-            ],
-            session_info=session.session_info,
-        )
-    )
     return session.session_id
 
 
 def make_flask_service_b(freeplay_local: LocalFreeplay, **options: Any) -> Any:
-    """Service B as a Flask app behind the WSGI middleware."""
-    fp = freeplay_local.client()
+    """Service B as a Flask app with the FreeplaySessions extension."""
     app = flask.Flask("service_b")
+    FreeplaySessions(
+        app, client=freeplay_local.client(), project_id=freeplay_local.project_id, **options
+    )
 
     @app.get("/answer")
     def answer() -> dict[str, str]:
-        return {"session_id": record_from_b(freeplay_local, fp, flask.request.args["q"])}
+        return {"session_id": record_from_b(flask.request.args["q"])}
 
-    return WSGIFreeplaySessionMiddleware(
-        app, client=fp, project_id=freeplay_local.project_id, **options
-    )
+    return app
 
 
 def make_asgi_service_b(freeplay_local: LocalFreeplay, **options: Any) -> Any:
     """Service B as a Starlette app behind the ASGI middleware."""
-    fp = freeplay_local.client()
 
     def answer(request: Request) -> JSONResponse:  # sync: Starlette runs it in a thread
-        return JSONResponse(
-            {"session_id": record_from_b(freeplay_local, fp, request.query_params["q"])}
-        )
+        return JSONResponse({"session_id": record_from_b(request.query_params["q"])})
 
     app = Starlette(routes=[Route("/answer", answer)])
     return FreeplaySessionMiddleware(
-        app, client=fp, project_id=freeplay_local.project_id, **options
+        app, client=freeplay_local.client(), project_id=freeplay_local.project_id, **options
     )
 
 
@@ -515,6 +511,7 @@ def test_recording_in_service_b_lands_in_service_a_session(
     session_id = first.json()["a"]
     assert second.json()["a"] == session_id
     assert (token == session_id) is (secret is None)
+    assert flush(timeout=5)  # B records in the background
     completions = freeplay_local.completions(session_id)
     assert [c["messages"][0]["content"] for c in completions] == ["hello", "again"]
     assert len(freeplay_local.sessions()) == 1

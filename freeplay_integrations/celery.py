@@ -14,8 +14,8 @@ the session ID, its project ID, the session's custom metadata and the current tr
 its message headers. The worker binds that session (and that trace, so recordings made in
 the task nest under it) while the task runs, and resets both afterwards: after success,
 failure and retry alike. Tasks the task publishes (the next step of a chain, a retry)
-carry the same session. A task published outside any session runs with none, or with a
-new one per task under `new_session_if_missing=True`.
+carry the same session. A task published outside any session (or after `end_session()`)
+runs with none, or with a new one per task under `new_session_if_missing=True`.
 
 Importing this module connects nothing. `enable_session_propagation` connects the signal
 handlers once per process; calling it again for the same app replaces that app's settings.
@@ -215,7 +215,7 @@ def _on_publish(sender: Any = None, headers: dict[str, Any] | None = None, **kwa
     if headers is None:
         return
     binding = current_binding()
-    if binding is None or SESSION_HEADER in headers:
+    if binding is None or binding.ended or SESSION_HEADER in headers:
         return
     headers[SESSION_HEADER] = binding.session_id
     if binding.project_id:

@@ -21,7 +21,8 @@ Two ways, one behaviour:
 
 Only hosts on the allowlist get the header: the default allowlist is empty, so a session ID
 never reaches a third-party API (OpenAI, Anthropic, ...) by accident. Outside a session
-nothing is added, and a session header the caller set is never overwritten. If a request
+nothing is added (nor after `end_session()`), and a session header the caller set is
+never overwritten. If a request
 that got the header is redirected to a host not on the allowlist, the header is removed.
 
 The value sent is what the downstream middleware accepts: the session ID, signed when the
@@ -245,8 +246,8 @@ class _Propagator:
                 del headers[self.header_name]
             return
         binding = current_binding()
-        if binding is None or not self.allowlist.allows(request.url):
-            return
+        if binding is None or binding.ended or not self.allowlist.allows(request.url):
+            return  # outside a session, after end_session(), or not an allowed host
         signer = self.signer
         value = binding.token if signer is None else signer.sign(binding.session_id)
         headers[self.header_name] = value

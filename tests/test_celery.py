@@ -29,7 +29,9 @@ from freeplay_integrations import (
     ConfigurationError,
     current_session,
     current_trace,
+    end_session,
     flush,
+    new_session,
     record,
     session_scope,
     trace_scope,
@@ -238,6 +240,20 @@ def test_task_published_outside_a_session_runs_with_none(
     app = make_app(freeplay_local)
     with running_worker(app):
         assert get(app.tasks["observe"].delay()) == NOTHING
+    assert current_session() is None
+
+
+def test_task_published_after_end_session_does_not_join_the_ended_session(
+    freeplay_local: LocalFreeplay, fp: Freeplay
+) -> None:
+    app = make_app(freeplay_local)
+    with running_worker(app), session_scope(fp):
+        end_session()
+        ended = get(app.tasks["observe"].delay())
+        fresh = new_session()
+        renewed = get(app.tasks["observe"].delay())
+    assert ended == NOTHING
+    assert renewed["session_id"] == fresh.session_id
     assert current_session() is None
 
 

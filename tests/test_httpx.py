@@ -24,7 +24,9 @@ from starlette.routing import Route
 from freeplay_integrations import (
     ConfigurationError,
     current_session,
+    end_session,
     flush,
+    new_session,
     record,
     session_scope,
 )
@@ -229,6 +231,16 @@ async def test_async_client_sends_the_session_to_allowed_hosts_only(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_nothing_is_sent_after_end_session_until_new_session(kind: str, fp: Freeplay) -> None:
+    with sync_client(kind, ["svc.internal"]) as client, session_scope(fp):
+        end_session()
+        assert seen(client.get("http://svc.internal/")) is None
+        fresh = new_session()
+        assert seen(client.get("http://svc.internal/")) == fresh.session_id
+    assert current_session() is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_header_the_caller_set_is_never_overwritten(kind: str, fp: Freeplay) -> None:
     with sync_client(kind, ["svc.internal"]) as client, session_scope(fp):
         assert seen(client.get("http://svc.internal/", headers={HEADER: "mine"})) == "mine"
@@ -376,6 +388,33 @@ def test_transport_wrapper_opens_and_closes_the_transport_it_wraps(fp: Freeplay)
     inner.events.clear()
     httpx.Client(transport=SessionPropagatingTransport(inner, allow_hosts=["a"])).close()
     assert inner.events == ["close"]
+    assert current_session() is None
+
+
+class TrackedAsyncTransport(httpx.ASGITransport):
+    def __init__(self) -> None:
+        super().__init__(app=echo_asgi)
+        self.events: list[str] = []
+
+    async def __aenter__(self) -> TrackedAsyncTransport:
+        self.events.append("enter")
+        return self
+
+    async def aclose(self) -> None:
+        self.events.append("close")
+        await super().aclose()
+
+
+@pytest.mark.anyio
+async def test_async_transport_wrapper_opens_and_closes_the_transport_it_wraps(
+    fp: Freeplay,
+) -> None:
+    inner = TrackedAsyncTransport()
+    wrapper = AsyncSessionPropagatingTransport(inner, allow_hosts=["svc.internal"])
+    async with httpx.AsyncClient(transport=wrapper) as client, session_scope(fp) as session:
+        assert seen(await client.get("http://svc.internal/")) == session.session_id
+    assert inner.events == ["enter", "close"]
+    assert wrapper.allowlist.allows(httpx.URL("http://svc.internal/"))
     assert current_session() is None
 
 

@@ -1,0 +1,311 @@
+"""`FreeplaySessionMiddleware`: one Freeplay session per conversation in a Django project.
+
+One class that Django runs in sync mode under WSGI and in async mode under ASGI; in both the
+session is bound in one `try`/`finally` around `get_response`, so it is reset in the same
+context it was set in (a `process_request`/`process_response` pair cannot promise that
+under ASGI).
+
+Streaming responses (`StreamingHttpResponse`, sync or async iterator): Django iterates the
+body after the middleware returned, from the server's thread (WSGI) or from its handler,
+in a worker thread for a sync iterator (ASGI). The middleware wraps the body so the session
+is bound around *each step* of the iteration, in whichever thread or task runs that step,
+and unbound again before the chunk is handed on: nothing is bound between chunks, and a
+thread the server reuses never starts a request with a session. Before returning, the
+middleware pulls the first chunk, so `new_session()` called in the body before its first
+chunk is what the header and cookie carry (the response's headers wait for that chunk,
+as they would for a plain response). An exception raised before the first chunk becomes
+Django's 500 (`response_for_exception`), carrying the session. `FileResponse` bodies are
+left alone (they run no user code and may be sent with `sendfile`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.cookies import Morsel, SimpleCookie
+from itertools import chain
+from typing import Any, Final, cast
+
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core.handlers.exception import response_for_exception
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase, StreamingHttpResponse
+
+from .._context import SessionBinding, bind, unbind
+from .._web import Rejection
+from .conf import DjangoConfig, get_config
+
+__all__ = [
+    "ASYNC_STREAM_WARNING",
+    "EXPOSE_HEADERS",
+    "REQUEST_ATTRIBUTE",
+    "FreeplaySessionMiddleware",
+    "RequestSession",
+]
+
+#: The attribute set on every request the middleware handles.
+REQUEST_ATTRIBUTE: Final = "freeplay_session"
+#: The response header that lets browser code read the session header.
+EXPOSE_HEADERS: Final = "Access-Control-Expose-Headers"
+#: Warned (like Django itself does) when an async iterator is streamed under WSGI: Django
+#: has to collect the whole body before sending it; the middleware does so itself, with the
+#: session bound, so the response's headers reflect a `new_session()` anywhere in the body.
+ASYNC_STREAM_WARNING: Final = (
+    "StreamingHttpResponse must consume asynchronous iterators in order to serve them "
+    "synchronously. Use a synchronous iterator instead."
+)
+
+GetResponse = Callable[[HttpRequest], HttpResponseBase]
+AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+_END: Final[Any] = object()
+_COOKIE_CODEC = SimpleCookie()
+
+
+class FreeplaySessionMiddleware:
+    """Bind the conversation's Freeplay session while Django handles each request.
+
+    Configured by the `FREEPLAY` settings dict (see `freeplay_integrations.django.conf`).
+    Place it near the top of `MIDDLEWARE`, right after `SecurityMiddleware`; the README
+    says why, and `manage.py check` warns about positions that lose the session.
+    """
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse | AsyncGetResponse) -> None:
+        self.get_response = get_response
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        # Django builds middleware when it loads its handler: a broken FREEPLAY setting fails
+        # there, at start-up, with ImproperlyConfigured saying what to set.
+        get_config()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} async_mode={self.async_mode}>"
+
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.async_mode:
+            return self.__acall__(request)
+        config = get_config()
+        binding = _resolve(config, request)
+        if binding is None:
+            return cast("GetResponse", self.get_response)(request)
+        if isinstance(binding, Rejection):
+            return _reject(binding)
+        token = bind(binding)
+        try:
+            response = cast("GetResponse", self.get_response)(request)
+            if isinstance(response, StreamingHttpResponse) and not isinstance(
+                response, FileResponse
+            ):
+                response = _prefetch(request, response, binding)
+        finally:
+            unbind(token)
+        _add_session(config, request, response, binding)
+        return response
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        config = get_config()
+        binding = _resolve(config, request)
+        if binding is None:
+            return await cast("AsyncGetResponse", self.get_response)(request)
+        if isinstance(binding, Rejection):
+            return _reject(binding)
+        token = bind(binding)
+        try:
+            response = await cast("AsyncGetResponse", self.get_response)(request)
+            if isinstance(response, StreamingHttpResponse) and not isinstance(
+                response, FileResponse
+            ):
+                response = await _aprefetch(request, response, binding)
+        finally:
+            unbind(token)
+        _add_session(config, request, response, binding)
+        return response
+
+
+class RequestSession:
+    """`request.freeplay_session`: the request's current Freeplay `Session`.
+
+    It stands for the SDK `Session` the request has *now*: after `new_session()` it is the
+    new one, as `current_session()` is, so code holding `request.freeplay_session` never
+    records into the conversation the user just left. Attribute access goes to that
+    session, and `isinstance(request.freeplay_session, Session)` holds.
+    """
+
+    __slots__ = ("_binding",)
+
+    def __init__(self, binding: SessionBinding) -> None:
+        object.__setattr__(self, "_binding", binding)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # lets isinstance() see the SDK Session
+        return type(self._binding.session)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._binding.session, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._binding.session, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is RequestSession:
+            other = other._binding.session
+        return bool(self._binding.session == other)
+
+    __hash__ = None  # type: ignore[assignment]  # like the SDK's Session (a dataclass)
+
+    def __repr__(self) -> str:
+        return f"<RequestSession {self._binding.session_id}>"
+
+
+def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rejection | None:
+    """The request's binding, a `Rejection`, or None for an excluded path."""
+    resolver = config.resolver
+    exclude = resolver.exclude_paths
+    if exclude and request.path.startswith(exclude):
+        setattr(request, REQUEST_ATTRIBUTE, None)
+        return None
+    meta = request.META
+    result = resolver.resolve(
+        meta.get(config.meta_key) if config.meta_key else None, meta.get("HTTP_COOKIE"), request
+    )
+    if not isinstance(result, Rejection):
+        setattr(request, REQUEST_ATTRIBUTE, RequestSession(result))
+    return result
+
+
+def _reject(rejection: Rejection) -> HttpResponse:
+    """The 400 answer to an invalid session ID under `ON_INVALID = "reject"`; no view runs."""
+    return HttpResponse(
+        rejection.body, status=rejection.status, content_type=rejection.content_type
+    )
+
+
+def _add_session(
+    config: DjangoConfig, request: HttpRequest, response: HttpResponseBase, binding: SessionBinding
+) -> None:
+    """Echo the session in the response header and cookie, replacing any value there."""
+    if config.echo_header and not binding.ended:
+        header: str = config.header  # type: ignore[assignment]
+        response[header] = binding.token
+        exposed = response.get(EXPOSE_HEADERS)
+        if not exposed:
+            response[EXPOSE_HEADERS] = header
+        else:  # merge with the list CORS middleware or the view set
+            listed = [value.strip().lower() for value in exposed.split(",")]
+            if header.lower() not in listed and "*" not in listed:
+                response[EXPOSE_HEADERS] = f"{exposed}, {header}"
+    if config.set_cookie:
+        secure = config.cookie_secure
+        if secure is None:
+            secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
+        _set_cookie(config, response, config.resolver.cookie(binding, secure))
+
+
+def _set_cookie(config: DjangoConfig, response: HttpResponseBase, set_cookie: str) -> None:
+    """Put the core's `Set-Cookie` value into `response.cookies` (replacing a cookie of the
+    same name), so Django, its test client and other middleware see it as a cookie."""
+    pair, _, attributes = set_cookie.partition("; ")
+    name, _, value = pair.partition("=")
+    parsed = config.cookie_attributes.get(attributes)
+    if parsed is None:  # parsed once per distinct attribute string: secure or not, expiry
+        morsel_attributes = SimpleCookie(f"x=; {attributes}")["x"]
+        parsed = {key: given for key, given in morsel_attributes.items() if given}
+        config.cookie_attributes[attributes] = parsed
+    morsel: Morsel[str] = Morsel()
+    real, coded = _COOKIE_CODEC.value_encode(value)
+    morsel.set(name, real, coded)
+    morsel.update(parsed)
+    response.cookies[name] = morsel
+
+
+# -- streaming bodies ----------------------------------------------------------------------
+
+
+def _steps(binding: SessionBinding, iterator: Iterator[bytes]) -> Iterator[bytes]:
+    """Yield from `iterator`, the session bound around each step and unbound in between."""
+    while True:
+        token = bind(binding)
+        try:
+            chunk = next(iterator, _END)
+        finally:
+            unbind(token)
+        if chunk is _END:
+            return
+        yield chunk
+
+
+async def _asteps(binding: SessionBinding, iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`_steps` for an async iterator. Each step binds and unbinds in the task running it."""
+    while True:
+        token = bind(binding)
+        try:
+            chunk = await anext(iterator, _END)
+        finally:
+            unbind(token)
+        if chunk is _END:
+            return
+        yield chunk
+
+
+async def _aprepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first is _END:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _first(stream: Iterator[bytes]) -> bytes:
+    return next(stream, _END)
+
+
+async def _collect(binding: SessionBinding, iterator: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in _asteps(binding, iterator)]
+
+
+def _prefetch(
+    request: HttpRequest, response: StreamingHttpResponse, binding: SessionBinding
+) -> HttpResponseBase:
+    """Sync mode (WSGI): wrap the body and pull its first chunk now."""
+    if response.is_async:
+        # Django would collect the whole body in an event loop of its own before sending any
+        # of it; collect it here instead, with the session bound, and keep Django's advice.
+        warnings.warn(ASYNC_STREAM_WARNING, Warning, stacklevel=2)
+        try:
+            response.streaming_content = async_to_sync(_collect)(
+                binding,
+                response.streaming_content,  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            return response_for_exception(request, exc)
+        return response
+    stream = _steps(binding, response.streaming_content)  # type: ignore[arg-type]
+    try:
+        first = next(stream, _END)
+    except Exception as exc:
+        return response_for_exception(request, exc)
+    response.streaming_content = () if first is _END else chain((first,), stream)
+    return response
+
+
+async def _aprefetch(
+    request: HttpRequest, response: StreamingHttpResponse, binding: SessionBinding
+) -> HttpResponseBase:
+    """Async mode (ASGI): wrap the body and pull its first chunk now."""
+    try:
+        if response.is_async:
+            astream = _asteps(binding, response.streaming_content)  # type: ignore[arg-type]
+            afirst = await anext(astream, _END)
+            response.streaming_content = _aprepend(afirst, astream)
+            return response
+        # A sync iterator runs in a worker thread, as Django runs the rest of it.
+        stream = _steps(binding, response.streaming_content)  # type: ignore[arg-type]
+        first = await sync_to_async(_first, thread_sensitive=True)(stream)
+    except Exception as exc:
+        return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
+    response.streaming_content = () if first is _END else chain((first,), stream)
+    return response

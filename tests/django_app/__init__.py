@@ -1,0 +1,1 @@
+"""Views, URLs and server helpers for the Django adapter's tests."""

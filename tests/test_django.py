@@ -1,0 +1,692 @@
+"""The Django middleware through Django's own test clients: `Client` drives the WSGI
+(sync) handler, `AsyncClient` the ASGI (async) one, each with a fresh handler per client.
+
+Every request's view reports the session it saw (`current_session()` and
+`request.freeplay_session`) in its body; recordings go to the local Freeplay server. After
+every request the test's own context must have nothing bound (`_get`/`_aget`).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from asgiref.sync import iscoroutinefunction
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import request_finished, request_started
+from django.http import HttpRequest, HttpResponse
+from django.test import AsyncClient, Client
+from freeplay.resources.sessions import Session
+
+from freeplay_integrations import current_session, flush
+from freeplay_integrations.django import FreeplaySessionMiddleware
+from freeplay_integrations.django.middleware import ASYNC_STREAM_WARNING, RequestSession
+from freeplay_integrations.local import LocalFreeplay
+from tests.django_app.views import EVENTS
+
+if TYPE_CHECKING:
+    from pytest_django.fixtures import Settings as SettingsWrapper
+
+HEADER = "X-Freeplay-Session-Id"
+COOKIE = "freeplay_session_id"
+EXPOSE = "Access-Control-Expose-Headers"
+MAX_AGE = "2592000"
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _get(client: Client, path: str, **extra: Any) -> Any:
+    response = client.get(path, **extra)
+    assert current_session() is None, "the request left a session bound in the test's context"
+    return response
+
+
+async def _aget(client: AsyncClient, path: str, **extra: Any) -> Any:
+    response = await client.get(path, **extra)
+    assert current_session() is None, "the request left a session bound in the test's context"
+    return response
+
+
+def _sid(response: HttpResponse) -> str:
+    """The session the response carries in its header, checked against its cookie."""
+    header = response[HEADER]
+    assert response.cookies[COOKIE].value == header
+    return header
+
+
+def _is_uuid4(value: str) -> bool:
+    try:
+        return uuid.UUID(value).version == 4 and str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+def _lines(content: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in content.decode().splitlines()]
+
+
+def _stream(response: Any) -> list[dict[str, Any]]:
+    content = b"".join(response.streaming_content)
+    assert current_session() is None, "streaming left a session bound in the test's context"
+    return _lines(content)
+
+
+async def _astream(response: Any) -> list[dict[str, Any]]:
+    content = b"".join([chunk async for chunk in response.streaming_content])
+    assert current_session() is None, "streaming left a session bound in the test's context"
+    return _lines(content)
+
+
+@pytest.fixture
+def local(freeplay_local: LocalFreeplay, settings: SettingsWrapper) -> LocalFreeplay:
+    """`FREEPLAY` pointed at the local Freeplay server for this test."""
+    settings.FREEPLAY = {
+        "CLIENT": freeplay_local.client(),
+        "PROJECT_ID": freeplay_local.project_id,
+    }
+    return freeplay_local
+
+
+def _recorded(server: LocalFreeplay, session_id: str, completion_id: str) -> None:
+    """The completion arrived at the local server, in `session_id`."""
+    assert flush(10)
+    completions = server.wait_for(lambda: server.completions(session_id))
+    assert [completion["id"] for completion in completions] == [completion_id]
+
+
+# -- sync and async, header and cookie -------------------------------------------------------
+
+
+def test_sync_view_gets_a_new_session_echoed_in_header_and_cookie() -> None:
+    response = _get(Client(), "/sync/")
+    assert response.status_code == 200
+    session_id = _sid(response)
+    assert _is_uuid4(session_id)
+    body = response.json()
+    for step in ("before", "after", "late"):
+        assert body[step]["current"] == body[step]["request"] == session_id
+        assert body[step]["same"] is True
+    morsel = response.cookies[COOKIE]
+    assert morsel["httponly"] is True
+    assert morsel["samesite"] == "Lax"
+    assert morsel["path"] == "/"
+    assert str(morsel["max-age"]) == MAX_AGE
+    assert not morsel["secure"]
+    assert HEADER in response[EXPOSE]
+
+
+@pytest.mark.anyio
+async def test_async_view_gets_a_new_session_echoed_in_header_and_cookie() -> None:
+    response = await _aget(AsyncClient(), "/async/")
+    session_id = _sid(response)
+    assert _is_uuid4(session_id)
+    body = response.json()
+    for step in ("before", "after", "late"):
+        assert body[step]["current"] == body[step]["request"] == session_id
+    assert response[EXPOSE] == HEADER
+
+
+def test_a_valid_header_resumes_the_session_in_canonical_form() -> None:
+    session_id = str(uuid.uuid4())
+    response = _get(Client(), "/sync/", headers={HEADER: session_id.upper()})
+    assert _sid(response) == session_id
+    assert response.json()["before"]["current"] == session_id
+
+
+def test_the_cookie_resumes_the_session_and_the_header_wins_over_it() -> None:
+    client = Client()
+    first = _sid(_get(client, "/sync/"))
+    assert _sid(_get(client, "/sync/")) == first  # the test client sent the cookie back
+    other = str(uuid.uuid4())
+    assert _sid(_get(client, "/sync/", headers={HEADER: other})) == other
+
+
+@pytest.mark.anyio
+async def test_a_sync_view_under_asgi_runs_in_a_worker_thread_with_the_session() -> None:
+    import threading
+
+    session_id = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/sync/", headers={HEADER: session_id})
+    body = response.json()
+    assert body["before"]["thread"] != threading.get_ident()  # Django's sync_to_async
+    assert body["before"]["current"] == body["before"]["request"] == session_id
+    assert _sid(response) == session_id
+
+
+# -- new_session() wherever the view runs --------------------------------------------------
+
+
+def _check_new_session(response: HttpResponse, old: str) -> None:
+    body = response.json()
+    assert body["before"]["current"] == body["before"]["request"] == old
+    new = body["after"]["current"]
+    assert new != old and _is_uuid4(new)
+    assert body["after"]["request"] == new  # request.freeplay_session follows new_session()
+    assert _sid(response) == new
+
+
+def test_new_session_in_a_sync_view_under_wsgi_reaches_the_response() -> None:
+    old = str(uuid.uuid4())
+    _check_new_session(_get(Client(), "/sync/?new=1", headers={HEADER: old}), old)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/async/?new=1", "/sync/?new=1", "/cbv/async/?new=1"])
+async def test_new_session_under_asgi_reaches_the_response(path: str) -> None:
+    # /sync/ runs in Django's sync_to_async thread: the change made there is still seen.
+    old = str(uuid.uuid4())
+    _check_new_session(await _aget(AsyncClient(), path, headers={HEADER: old}), old)
+
+
+def test_class_based_view_under_wsgi() -> None:
+    old = str(uuid.uuid4())
+    _check_new_session(_get(Client(), "/cbv/sync/?new=1", headers={HEADER: old}), old)
+
+
+@pytest.mark.anyio
+async def test_sync_class_based_view_under_asgi() -> None:
+    old = str(uuid.uuid4())
+    _check_new_session(await _aget(AsyncClient(), "/cbv/sync/?new=1", headers={HEADER: old}), old)
+
+
+def test_request_freeplay_session_is_the_current_sdk_session() -> None:
+    seen: list[Any] = []
+
+    def view(request: HttpRequest) -> HttpResponse:
+        seen.append((request.freeplay_session, current_session()))  # type: ignore[attr-defined]
+        return HttpResponse("ok")
+
+    middleware = FreeplaySessionMiddleware(view)
+    request = HttpRequest()
+    request.method, request.path = "GET", "/"
+    middleware(request)
+    [(attached, current)] = seen
+    assert isinstance(attached, Session) and isinstance(attached, RequestSession)
+    assert attached == current and attached.session_id == current.session_id
+    assert attached.session_info.session_id == current.session_id
+
+
+# -- recordings land in the request's session ----------------------------------------------
+
+
+def test_a_recording_in_a_sync_view_lands_in_the_requests_session(local: LocalFreeplay) -> None:
+    session_id = str(uuid.uuid4())
+    response = _get(Client(), "/sync/?record=1", headers={HEADER: session_id})
+    _recorded(local, session_id, response.json()["completion_id"])
+
+
+@pytest.mark.anyio
+async def test_a_recording_in_an_async_view_lands_in_the_requests_session(
+    local: LocalFreeplay,
+) -> None:
+    session_id = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/async/?record=1", headers={HEADER: session_id})
+    _recorded(local, session_id, response.json()["completion_id"])
+
+
+def test_a_recording_after_new_session_lands_in_the_new_session(local: LocalFreeplay) -> None:
+    old = str(uuid.uuid4())
+    response = _get(Client(), "/sync/?new=1&record=1", headers={HEADER: old})
+    new = _sid(response)
+    _recorded(local, new, response.json()["completion_id"])
+    assert local.completions(old) == []
+
+
+def test_django_rest_framework_view(local: LocalFreeplay) -> None:
+    pytest.importorskip("rest_framework")
+    old = str(uuid.uuid4())
+    response = Client().post(
+        "/drf/", data={"new": True}, content_type="application/json", headers={HEADER: old}
+    )
+    assert current_session() is None
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["before"]["current"] == body["before"]["request"] == old
+    new = body["after"]["current"]
+    assert body["after"]["request"] == new != old
+    assert _sid(response) == new
+    _recorded(local, new, body["completion_id"])
+
+
+# -- signals ---------------------------------------------------------------------------------
+
+
+def test_signal_receivers_see_the_session_under_wsgi() -> None:
+    session_id = str(uuid.uuid4())
+    body = _get(Client(), "/signal/sync/", headers={HEADER: session_id}).json()
+    assert body["view"]["current"] == session_id
+    assert {r["receiver"] for r in body["receivers"]} == {"sync", "async"}
+    for seen in body["receivers"]:
+        assert seen["current"] == seen["request"] == session_id
+
+
+@pytest.mark.anyio
+async def test_signal_receivers_see_the_session_under_asgi() -> None:
+    old = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/signal/async/?new=1", headers={HEADER: old})
+    body = response.json()
+    new = body["view"]["current"]
+    assert new != old and _sid(response) == new
+    assert {r["receiver"] for r in body["receivers"]} == {"sync", "async"}
+    for seen in body["receivers"]:  # the sync receiver ran in a worker thread
+        assert seen["current"] == seen["request"] == new
+
+
+def _connect_outside_probes() -> tuple[list[Any], Any]:
+    """Receivers of request_started/finished, which run outside the middleware."""
+    seen: list[Any] = []
+
+    def probe(**kwargs: Any) -> None:
+        seen.append(current_session())
+
+    request_started.connect(probe, weak=False)
+    request_finished.connect(probe, weak=False)
+
+    def disconnect() -> None:
+        request_started.disconnect(probe)
+        request_finished.disconnect(probe)
+
+    return seen, disconnect
+
+
+def test_nothing_is_bound_outside_the_middleware_under_wsgi() -> None:
+    seen, disconnect = _connect_outside_probes()
+    try:
+        client = Client()
+        _get(client, "/sync/")
+        _stream(_get(client, "/stream/sync/"))
+    finally:
+        disconnect()
+    assert seen == [None, None, None, None]
+
+
+@pytest.mark.anyio
+async def test_nothing_is_bound_outside_the_middleware_under_asgi() -> None:
+    seen, disconnect = _connect_outside_probes()
+    try:
+        client = AsyncClient()
+        await _aget(client, "/async/")
+        await _astream(await _aget(client, "/stream/async/"))
+    finally:
+        disconnect()
+    assert seen == [None, None, None, None]
+
+
+# -- streaming bodies ------------------------------------------------------------------------
+
+
+def test_sync_stream_under_wsgi_sees_the_session_in_every_chunk() -> None:
+    session_id = str(uuid.uuid4())
+    response = _get(Client(), "/stream/sync/", headers={HEADER: session_id})
+    assert _sid(response) == session_id
+    chunks = _stream(response)
+    assert [c["step"] for c in chunks] == ["chunk0", "chunk1", "chunk2"]
+    assert {(c["current"], c["request"]) for c in chunks} == {(session_id, session_id)}
+
+
+@pytest.mark.anyio
+async def test_async_stream_under_asgi_sees_the_session_in_every_chunk() -> None:
+    session_id = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/stream/async/", headers={HEADER: session_id})
+    assert _sid(response) == session_id
+    chunks = await _astream(response)
+    assert len(chunks) == 3
+    assert {(c["current"], c["request"]) for c in chunks} == {(session_id, session_id)}
+
+
+@pytest.mark.anyio
+async def test_sync_stream_under_asgi_sees_the_session_in_every_chunk() -> None:
+    session_id = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/stream/sync/?new=1", headers={HEADER: session_id})
+    new = _sid(response)
+    assert new != session_id
+    chunks = _stream(response)
+    assert len(chunks) == 3
+    assert {(c["current"], c["request"]) for c in chunks} == {(new, new)}
+
+
+def test_async_stream_under_wsgi_sees_the_session_and_django_warns() -> None:
+    session_id = str(uuid.uuid4())
+    with pytest.warns(Warning, match="must consume asynchronous iterators"):
+        response = _get(Client(), "/stream/async/", headers={HEADER: session_id})
+    assert ASYNC_STREAM_WARNING.startswith("StreamingHttpResponse")
+    assert _sid(response) == session_id
+    chunks = _stream(response)
+    assert len(chunks) == 3
+    assert {(c["current"], c["request"]) for c in chunks} == {(session_id, session_id)}
+
+
+def test_new_session_before_the_first_chunk_reaches_the_header_under_wsgi() -> None:
+    old = str(uuid.uuid4())
+    response = _get(Client(), "/stream/sync/?new=1", headers={HEADER: old})
+    new = _sid(response)
+    assert new != old
+    assert {c["current"] for c in _stream(response)} == {new}
+
+
+@pytest.mark.anyio
+async def test_new_session_before_the_first_chunk_reaches_the_header_under_asgi() -> None:
+    old = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/stream/async/?new=1", headers={HEADER: old})
+    new = _sid(response)
+    assert new != old
+    assert {c["current"] for c in await _astream(response)} == {new}
+
+
+def test_new_session_after_the_first_chunk_switches_later_chunks_only(
+    local: LocalFreeplay,
+) -> None:
+    # The header left with the first chunk; the rest of the body records into the new one.
+    old = str(uuid.uuid4())
+    response = _get(Client(), "/stream/sync/?new_late=1&record=1", headers={HEADER: old})
+    assert _sid(response) == old
+    chunks = _stream(response)
+    assert chunks[0]["current"] == old
+    new = chunks[1]["current"]
+    assert new != old and chunks[2]["current"] == new and chunks[1]["request"] == new
+    assert flush(10)
+    local.wait_for(lambda: local.completions(new))
+    assert local.completions(old) == []
+
+
+@pytest.mark.parametrize("path", ["/stream/sync/?raise=1", "/stream/async/?raise=1"])
+def test_a_stream_failing_before_its_first_chunk_is_a_500_with_the_session(path: str) -> None:
+    session_id = str(uuid.uuid4())
+    client = Client(raise_request_exception=False)
+    with pytest.warns(Warning) if "async" in path else _no_warning():
+        response = _get(client, path, headers={HEADER: session_id})
+    assert response.status_code == 500
+    assert _sid(response) == session_id
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("path", ["/stream/sync/?raise=1", "/stream/async/?raise=1"])
+async def test_a_stream_failing_before_its_first_chunk_is_a_500_under_asgi(path: str) -> None:
+    session_id = str(uuid.uuid4())
+    client = AsyncClient(raise_request_exception=False)
+    response = await _aget(client, path, headers={HEADER: session_id})
+    assert response.status_code == 500
+    assert _sid(response) == session_id
+
+
+def test_an_empty_stream_still_carries_the_session() -> None:
+    session_id = str(uuid.uuid4())
+    response = _get(Client(), "/stream/sync/?chunks=0", headers={HEADER: session_id})
+    assert _sid(response) == session_id
+    assert _stream(response) == []
+
+
+class _no_warning:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# -- error responses -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"), [("500", 500), ("404", 404), ("403", 403), ("400", 400)]
+)
+def test_error_responses_django_produces_carry_the_session(kind: str, status: int) -> None:
+    session_id = str(uuid.uuid4())
+    client = Client(raise_request_exception=False)
+    response = _get(client, f"/error/?kind={kind}", headers={HEADER: session_id})
+    assert response.status_code == status
+    assert _sid(response) == session_id
+
+
+def test_an_unmatched_url_404_carries_the_session() -> None:
+    session_id = str(uuid.uuid4())
+    response = _get(Client(), "/no/such/page/", headers={HEADER: session_id})
+    assert response.status_code == 404
+    assert _sid(response) == session_id
+
+
+@pytest.mark.anyio
+async def test_an_async_view_exception_is_a_500_with_the_session() -> None:
+    session_id = str(uuid.uuid4())
+    client = AsyncClient(raise_request_exception=False)
+    response = await _aget(client, "/error/async/", headers={HEADER: session_id})
+    assert response.status_code == 500
+    assert _sid(response) == session_id
+
+
+def test_the_view_exception_still_reaches_the_test_client() -> None:
+    with pytest.raises(RuntimeError, match="the view failed"):
+        Client().get("/error/")
+    assert current_session() is None
+
+
+# -- end_session, excluded paths, CORS -------------------------------------------------------
+
+
+def test_end_session_expires_the_cookie_and_sends_no_header() -> None:
+    response = _get(Client(), "/sync/?end=1", headers={HEADER: str(uuid.uuid4())})
+    assert HEADER not in response
+    morsel = response.cookies[COOKIE]
+    assert morsel.value == ""
+    assert str(morsel["max-age"]) == "0"
+
+
+def test_excluded_paths_get_no_session(settings: SettingsWrapper) -> None:
+    settings.FREEPLAY = {**settings.FREEPLAY, "EXCLUDE_PATHS": ["/health"]}
+    response = _get(Client(), "/health/", headers={HEADER: str(uuid.uuid4())})
+    assert response.json()["current"] is None
+    assert response.json()["request"] is None
+    assert HEADER not in response and COOKIE not in response.cookies
+
+
+def test_expose_headers_are_merged_with_the_views_own() -> None:
+    response = _get(Client(), "/expose/")
+    assert response[EXPOSE] == f"X-Other, {HEADER}"
+
+
+def test_signed_ids_are_echoed_signed_and_resume(settings: SettingsWrapper) -> None:
+    settings.FREEPLAY = {**settings.FREEPLAY, "SIGNING_SECRET": "s" * 32}
+    client = Client()
+    token = _sid(_get(client, "/sync/"))
+    session_id, dot, signature = token.partition(".")
+    assert dot and signature and _is_uuid4(session_id)
+    assert _get(client, "/sync/", headers={HEADER: token}).json()["before"]["current"] == session_id
+    forged = _get(client, "/sync/", headers={HEADER: f"{session_id}.{'A' * 43}"})
+    assert forged.json()["before"]["current"] != session_id
+
+
+# -- secure cookies --------------------------------------------------------------------------
+
+
+def test_the_cookie_is_secure_over_https() -> None:
+    response = _get(Client(), "/sync/", secure=True)
+    assert response.cookies[COOKIE]["secure"] is True
+
+
+def test_the_cookie_is_secure_behind_a_proxy_that_says_https(settings: SettingsWrapper) -> None:
+    headers = {"X-Forwarded-Proto": "https"}
+    assert not _get(Client(), "/sync/", headers=headers).cookies[COOKIE]["secure"]
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    assert _get(Client(), "/sync/", headers=headers).cookies[COOKIE]["secure"] is True
+
+
+@pytest.mark.parametrize(
+    ("configured", "https", "secure"), [(True, False, True), (False, True, False)]
+)
+def test_cookie_secure_overrides_the_request(
+    settings: SettingsWrapper, configured: bool, https: bool, secure: bool
+) -> None:
+    settings.FREEPLAY = {**settings.FREEPLAY, "COOKIE_SECURE": configured}
+    response = _get(Client(), "/sync/", secure=https)
+    assert bool(response.cookies[COOKIE]["secure"]) is secure
+
+
+def test_cookie_options_are_honoured(settings: SettingsWrapper) -> None:
+    settings.FREEPLAY = {
+        **settings.FREEPLAY,
+        "SESSION_COOKIE": "conv",
+        "COOKIE_SAMESITE": "strict",
+        "COOKIE_DOMAIN": "example.com",
+        "COOKIE_PATH": "/chat",
+        "COOKIE_MAX_AGE": 60,
+    }
+    morsel = _get(Client(), "/sync/").cookies["conv"]
+    assert (morsel["samesite"], morsel["domain"], morsel["path"]) == (
+        "Strict",
+        "example.com",
+        "/chat",
+    )
+    assert str(morsel["max-age"]) == "60"
+
+
+# -- invalid session IDs ---------------------------------------------------------------------
+
+BAD_VALUES = [
+    "",
+    "not-a-session",
+    "x" * 10_000,
+    str(uuid.uuid1()),
+    str(uuid.uuid3(uuid.NAMESPACE_DNS, "example.com")),
+    str(uuid.uuid5(uuid.NAMESPACE_DNS, "example.com")),
+    "{" + str(uuid.uuid4()) + "}",
+    uuid.uuid4().hex,
+    "urn:uuid:" + str(uuid.uuid4()),
+    str(uuid.uuid4()) + "\x00",
+    str(uuid.uuid4())[:-1] + "\n",
+    "\x1b[31m" + str(uuid.uuid4()),
+    str(uuid.uuid4()) + " ",
+]
+
+
+@pytest.mark.parametrize("value", BAD_VALUES, ids=range(len(BAD_VALUES)))
+@pytest.mark.parametrize("source", ["header", "cookie"])
+def test_invalid_ids_start_a_new_session_and_are_never_echoed(value: str, source: str) -> None:
+    extra = {"HTTP_X_FREEPLAY_SESSION_ID": value} if source == "header" else {}
+    if source == "cookie":
+        extra["HTTP_COOKIE"] = f"{COOKIE}={value}"
+    response = _get(Client(), "/sync/", **extra)
+    assert response.status_code == 200
+    session_id = _sid(response)
+    assert _is_uuid4(session_id)
+    assert response.json()["before"]["current"] == session_id
+    if value.strip():
+        assert value not in response.content.decode()
+        assert value not in str(response.headers)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", BAD_VALUES[1:6], ids=range(5))
+async def test_invalid_ids_start_a_new_session_under_asgi(value: str) -> None:
+    response = await _aget(AsyncClient(), "/async/", headers={HEADER: value})
+    assert response.status_code == 200
+    assert _is_uuid4(_sid(response)) and _sid(response) != value
+
+
+def test_on_invalid_reject_answers_400_without_calling_the_view(
+    settings: SettingsWrapper,
+) -> None:
+    settings.FREEPLAY = {**settings.FREEPLAY, "ON_INVALID": "reject"}
+    key = str(uuid.uuid4())
+    response = _get(Client(), f"/stream/sync/?key={key}", headers={HEADER: "not-a-session"})
+    assert response.status_code == 400
+    assert response.content == b"Invalid Freeplay session ID.\n"
+    assert response["Content-Type"].startswith("text/plain")
+    assert "not-a-session" not in str(response.headers)
+    assert HEADER not in response and COOKIE not in response.cookies
+    assert key not in EVENTS  # the view never ran
+    # A valid ID still gets through.
+    assert _get(Client(), "/sync/", headers={HEADER: str(uuid.uuid4())}).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_on_invalid_reject_under_asgi(settings: SettingsWrapper) -> None:
+    settings.FREEPLAY = {**settings.FREEPLAY, "ON_INVALID": "reject"}
+    response = await _aget(AsyncClient(), "/async/", headers={HEADER: "x" * 5000})
+    assert response.status_code == 400
+    assert HEADER not in response
+
+
+# -- hooks and settings ------------------------------------------------------------------------
+
+
+def test_session_metadata_by_dotted_path_reaches_freeplay(
+    local: LocalFreeplay, settings: SettingsWrapper
+) -> None:
+    settings.FREEPLAY = {
+        **settings.FREEPLAY,
+        "SESSION_METADATA": "tests.django_app.hooks.tenant_metadata",
+    }
+    response = _get(Client(), "/sync/?record=1", headers={"X-Tenant": "acme"})
+    session_id = _sid(response)
+    assert flush(10)
+    local.wait_for(lambda: local.completions(session_id))
+    assert local.session(session_id)["custom_metadata"] == {"tenant": "acme"}  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("on_unauthorized", "status"), [("new", 200), ("reject", 403)])
+def test_authorize_session_by_dotted_path(
+    settings: SettingsWrapper, on_unauthorized: str, status: int
+) -> None:
+    settings.FREEPLAY = {
+        **settings.FREEPLAY,
+        "AUTHORIZE_SESSION": "tests.django_app.hooks.allow_only_trusted",
+        "ON_UNAUTHORIZED": on_unauthorized,
+    }
+    session_id = str(uuid.uuid4())
+    trusted = _get(Client(), "/sync/", headers={HEADER: session_id, "X-Trusted": "yes"})
+    assert _sid(trusted) == session_id
+    refused = _get(Client(), "/sync/", headers={HEADER: session_id})
+    assert refused.status_code == status
+    if status == 200:
+        assert _sid(refused) != session_id
+    else:
+        assert HEADER not in refused
+
+
+def test_client_by_dotted_path_to_a_factory(
+    freeplay_local_env: LocalFreeplay, settings: SettingsWrapper
+) -> None:
+    settings.FREEPLAY = {"CLIENT": "tests.django_app.hooks.client_from_env"}  # project: env
+    response = _get(Client(), "/sync/?record=1")
+    _recorded(freeplay_local_env, _sid(response), response.json()["completion_id"])
+
+
+def test_client_by_dotted_path_to_an_instance(settings: SettingsWrapper) -> None:
+    settings.FREEPLAY = {"CLIENT": "tests.django_app.hooks.CLIENT", "PROJECT_ID": "p"}
+    assert _is_uuid4(_sid(_get(Client(), "/sync/")))
+
+
+def test_override_settings_applies_to_an_existing_client(settings: SettingsWrapper) -> None:
+    client = Client()
+    assert HEADER in _get(client, "/sync/")
+    settings.FREEPLAY = {**settings.FREEPLAY, "SESSION_HEADER": "X-Conversation"}
+    response = _get(client, "/sync/", headers={"X-Conversation": (sid := str(uuid.uuid4()))})
+    assert HEADER not in response
+    assert response["X-Conversation"] == sid
+
+
+def test_a_broken_setting_fails_when_the_middleware_is_built(
+    settings: SettingsWrapper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FREEPLAY_PROJECT_ID", raising=False)
+    settings.FREEPLAY = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api"}
+    with pytest.raises(ImproperlyConfigured, match=r'FREEPLAY\["PROJECT_ID"\]'):
+        FreeplaySessionMiddleware(lambda request: HttpResponse())
+    settings.FREEPLAY = {"PROJECT_ID": "p", "API_KEY": "k", "API_BASE": "x", "SESION_HEADER": "X"}
+    with pytest.raises(ImproperlyConfigured, match='Did you mean "SESSION_HEADER"'):
+        FreeplaySessionMiddleware(lambda request: HttpResponse())
+
+
+def test_the_middleware_is_sync_and_async_capable() -> None:
+    def sync_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    assert FreeplaySessionMiddleware.sync_capable and FreeplaySessionMiddleware.async_capable
+    assert not iscoroutinefunction(FreeplaySessionMiddleware(sync_view))
+    assert iscoroutinefunction(FreeplaySessionMiddleware(async_view))

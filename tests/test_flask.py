@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -232,3 +234,20 @@ def test_malformed_keyword_names_the_keyword() -> None:
 def test_unknown_keyword_fails_at_construction() -> None:
     with pytest.raises(ConfigurationError, match=r"Unknown FreeplaySessions option.*`projectid=`"):
         FreeplaySessions(projectid="p")
+
+
+def test_without_flask_the_import_error_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['flask'] = None\n"
+        "try:\n"
+        "    import freeplay_integrations.flask\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'freeplay-integrations[flask]'" in result.stdout
+    # The WSGI middleware needs no framework at all.
+    code = "import sys; sys.modules['flask'] = None; import freeplay_integrations.wsgi"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

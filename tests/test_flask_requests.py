@@ -352,3 +352,18 @@ def test_authorize_session_gets_a_flask_request(freeplay_local: LocalFreeplay) -
     sid = str(uuid.uuid4())
     assert client.get("/", headers={HEADER: sid, "X-User": "owner"}).text == sid
     assert client.get("/", headers={HEADER: sid, "X-User": "someone"}).text != sid
+
+
+def test_async_view_sees_the_session_and_can_replace_it(freeplay_local: LocalFreeplay) -> None:
+    """Flask runs an async view in an event loop on another thread (asgiref)."""
+    app, _ = create_app(freeplay_local)
+
+    @app.get("/async")
+    async def async_view() -> dict[str, str]:
+        before = flask_current_session.session_id
+        return {"before": before, "after": new_session().session_id}
+
+    sent = str(uuid.uuid4())
+    response = app.test_client().get("/async", headers={HEADER: sent})
+    assert response.json == {"before": sent, "after": response.headers[HEADER]}
+    assert response.headers[HEADER] != sent

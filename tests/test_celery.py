@@ -122,6 +122,8 @@ def make_app(freeplay_local: LocalFreeplay, **options: Any) -> Celery:
 def running_worker(app: Celery, **options: Any) -> Iterator[None]:
     """A real worker for `app`, in a thread; stops in milliseconds, not seconds."""
     options.setdefault("pool", "solo")
+    root = logging.getLogger()
+    root_level, root_handlers = root.level, list(root.handlers)
     try:
         with start_worker(app, perform_ping_check=False, shutdown_timeout=10, **options):
             try:
@@ -134,6 +136,9 @@ def running_worker(app: Celery, **options: Any) -> Iterator[None]:
                 app.tasks["noop"].delay()
     finally:
         disable_session_propagation(app)
+        # start_worker sets up Celery's logging (the root logger's level among it): undo it.
+        root.setLevel(root_level)
+        root.handlers[:] = root_handlers
 
 
 def get(result: Any) -> Any:

@@ -27,6 +27,18 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
+# The example chat app (FastAPI, Flask or Django) and the local Freeplay page; Ctrl-C stops
+# both. Pass options with DEMO_ARGS, e.g. make demo DEMO_ARGS="--port 8001 --db :memory:".
+# With OPENAI_API_KEY or ANTHROPIC_API_KEY set, the provider's SDK is installed and used.
+DEMO_ARGS ?=
+
+demo: demo-fastapi
+
+demo-fastapi demo-flask demo-django: $(STAMP)
+	@if [ -n "$$OPENAI_API_KEY$$ANTHROPIC_API_KEY" ]; then \
+		$(BIN)/python -m pip install --quiet -r example_apps/requirements.txt; fi
+	$(BIN)/python example_apps/run_demo.py --app $(@:demo-%=%) $(DEMO_ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python bench/asgi_overhead.py
 

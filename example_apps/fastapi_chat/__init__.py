@@ -1,0 +1,1 @@
+"""The FastAPI example chat app: `create_app()` in `app.py`."""

@@ -1,0 +1,1 @@
+"""The Flask example chat app: `create_app()` in `app.py`."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from flask import Blueprint, Flask, Response, request
 from werkzeug.test import TestResponse
 
-from freeplay_integrations import NoActiveSessionError, current_session, new_session
+from freeplay_integrations import (
+    NoActiveSessionError,
+    current_session,
+    end_session,
+    flush,
+    new_session,
+    record,
+)
 from freeplay_integrations._ids import parse_session_id
 from freeplay_integrations._web import INVALID_ID_REASON, LOG_METADATA_FAILED
 from freeplay_integrations.flask import FreeplaySessions
@@ -367,3 +375,41 @@ def test_async_view_sees_the_session_and_can_replace_it(freeplay_local: LocalFre
     response = app.test_client().get("/async", headers={HEADER: sent})
     assert response.json == {"before": sent, "after": response.headers[HEADER]}
     assert response.headers[HEADER] != sent
+
+
+def test_record_helper_in_a_view_and_a_streamed_body(freeplay_local: LocalFreeplay) -> None:
+    app, _ = create_app(freeplay_local)
+
+    @app.post("/chat")
+    def chat() -> Response:
+        first = record(all_messages=[{"role": "assistant", "content": "in the view"}])
+
+        def body() -> Iterator[str]:
+            second = record(all_messages=[{"role": "assistant", "content": "in the body"}])
+            yield f"{first.completion_id} {second.completion_id}"
+
+        return Response(body())
+
+    sid = str(uuid.uuid4())
+    response = app.test_client().post("/chat", headers={HEADER: sid})
+    completion_ids = response.get_data(as_text=True).split()
+    response.close()
+    assert flush(timeout=10)
+    assert sorted(c["id"] for c in freeplay_local.completions(sid)) == sorted(completion_ids)
+    assert len(freeplay_local.completions()) == 2
+
+
+def test_end_session_expires_the_cookie(freeplay_local: LocalFreeplay) -> None:
+    app, _ = create_app(freeplay_local)
+
+    @app.post("/logout")
+    def logout() -> str:
+        end_session()
+        return "bye"
+
+    client = app.test_client()
+    first = client.get("/").text
+    response = client.post("/logout")
+    assert HEADER not in response.headers
+    assert response.headers["Set-Cookie"].startswith(f"{COOKIE}=; Max-Age=0;")
+    assert client.get("/").text != first

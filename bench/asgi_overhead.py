@@ -116,12 +116,10 @@ def main() -> None:
         return (per_request[ours_case] - base) / (per_request[peer_case] - base)
 
     print("\noverhead ratio, freeplay / asgi-correlation-id (target <= 1.0):")
-    print(
-        f"  valid ID in header: {ratio('freeplay, valid ID in header', 'asgi-correlation-id, valid ID'):.2f}"
-    )
-    print(
-        f"  no ID:              {ratio('freeplay, no ID (new session)', 'asgi-correlation-id, no ID'):.2f}"
-    )
+    valid = ratio("freeplay, valid ID in header", "asgi-correlation-id, valid ID")
+    fresh = ratio("freeplay, no ID (new session)", "asgi-correlation-id, no ID")
+    print(f"  valid ID in header: {valid:.2f}")
+    print(f"  no ID:              {fresh:.2f}")
 
 
 if __name__ == "__main__":

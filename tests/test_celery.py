@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from celery import Celery, chain, group, signals
+from celery import Celery, chain, chord, group, signals
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
 from freeplay import Freeplay
@@ -324,7 +324,7 @@ def test_tasks_on_a_thread_pool_each_see_their_own_session(
 # -- delay, apply_async, chains and groups ----------------------------------------------------
 
 
-def test_apply_async_chain_and_group_carry_the_session_and_trace(
+def test_apply_async_chain_group_and_chord_carry_the_session_and_trace(
     freeplay_local: LocalFreeplay, fp: Freeplay
 ) -> None:
     app = make_app(freeplay_local)
@@ -337,14 +337,16 @@ def test_apply_async_chain_and_group_carry_the_session_and_trace(
         applied = observe_task.apply_async(countdown=0)
         chained = chain(step.s([]), step.s(), step.s()).apply_async()
         grouped = group(observe_task.s() for _ in range(3)).apply_async()
-        results = [get(applied), *get(chained), *get(grouped)]
+        # The chord's callback is published by the worker, from the last task of its header.
+        chorded = chord(observe_task.s() for _ in range(2))(step.s())
+        results = [get(applied), *get(chained), *get(grouped), *get(chorded)]
     expected = {
         "session_id": session.session_id,
         "project_id": "p-1",
         "metadata": None,
         "trace_id": trace.trace_id,
     }
-    assert results == [expected] * 7
+    assert results == [expected] * 10
     assert current_session() is None
 
 

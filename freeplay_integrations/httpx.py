@@ -13,11 +13,13 @@ per client, and name the hosts that may receive the header::
 Two ways, one behaviour:
 
 - `propagate_session(client, allow_hosts=...)` adds a request event hook to an existing
-  `httpx.Client` or `httpx.AsyncClient`. It runs after the client's own request hooks and
+  `httpx.Client` or `httpx.AsyncClient`, after the request hooks it already has, and
   before any transport, so it covers mounted transports and proxies too. Recommended.
 - `SessionPropagatingTransport(inner, allow_hosts=...)` (and
   `AsyncSessionPropagatingTransport`) wraps a transport, for code that builds transport
-  stacks. Requests routed to other transports by `mounts=` do not pass through it.
+  stacks. Requests routed to other transports by `mounts=` do not pass through it, and,
+  as with any `transport=`, the client's `verify=`, `http2=`, `limits=` and `proxy=` do not
+  apply to it: configure them on the inner transport.
 
 Only hosts on the allowlist get the header: the default allowlist is empty, so a session ID
 never reaches a third-party API (OpenAI, Anthropic, ...) by accident. Outside a session

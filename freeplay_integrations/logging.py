@@ -55,12 +55,13 @@ class SessionIdFilter(logging.Filter):
         self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "session_id"):
+        attributes = record.__dict__
+        if "session_id" not in attributes:
             binding = current_binding()
-            record.session_id = self.default if binding is None else binding.session_id
-        if not hasattr(record, "trace_id"):
+            attributes["session_id"] = self.default if binding is None else binding.session_id
+        if "trace_id" not in attributes:
             trace = current_trace()
-            record.trace_id = self.default if trace is None else str(trace.trace_id)
+            attributes["trace_id"] = self.default if trace is None else str(trace.trace_id)
         return True
 
 

@@ -57,7 +57,7 @@ def app_command(app: str, host: str, port: int) -> list[str]:
     if app == "django":
         return [
             python, "example_apps/django_chat/manage.py", "runserver", f"{host}:{port}",
-            "--noreload",
+            "--noreload", "--settings", "example_apps.django_chat.settings",
         ]  # fmt: skip
     raise ValueError(f"unknown app {app!r}: choose one of {', '.join(APPS)}")
 

@@ -21,7 +21,7 @@ from example_apps.testing import (
     parse_sse,
     recorded_turns,
 )
-from freeplay_integrations import current_session, current_trace
+from freeplay_integrations import current_session, current_trace, flush
 from freeplay_integrations.local import LocalFreeplay
 from tests._servers import serve_asgi
 
@@ -43,6 +43,7 @@ def make_client(server: LocalFreeplay, responder: Responder | None = None) -> Te
 def client(freeplay_local: LocalFreeplay) -> Iterator[TestClient]:
     with make_client(freeplay_local) as test_client:
         yield test_client
+    assert flush(10), "recordings were left undelivered"  # before the server stops
     assert current_session() is None and current_trace() is None
 
 

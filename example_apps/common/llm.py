@@ -165,7 +165,7 @@ class OpenAIResponder(Responder):
         return {
             "model": self.model,
             "messages": [dict(m) for m in messages],
-            "max_tokens": self.max_tokens,
+            "max_completion_tokens": self.max_tokens,
             "stream": True,
         }
 

@@ -56,7 +56,7 @@ from freeplay.resources.recordings import CallInfo, RecordPayload, ResponseInfo,
 from freeplay.resources.sessions import SessionInfo, TraceInfo
 from freeplay.support import media_inputs_to_json
 from freeplay.utils import convert_provider_message_to_dict
-from requests.adapters import BaseAdapter
+from requests.adapters import BaseAdapter, HTTPAdapter
 
 from ._errors import ConfigurationError
 
@@ -187,13 +187,19 @@ class _TimeoutAdapter(BaseAdapter):
         self.inner.close()
 
     def after_fork(self) -> None:
-        """Drop pooled connections copied from the parent; the child opens its own."""
-        poolmanager = getattr(self.inner, "poolmanager", None)
-        if poolmanager is not None:
-            try:
-                poolmanager.clear()
-            except Exception:  # pragma: no cover - defensive
-                logger.debug("could not clear the connection pool after fork", exc_info=True)
+        """Give the child its own connection pools.
+
+        The pools copied from the parent hold the parent's sockets, and possibly locks a
+        parent thread held at the fork: they are replaced, not touched.
+        """
+        inner = self.inner
+        if isinstance(inner, HTTPAdapter):
+            # requests keeps the pool sizes it was built with in these (untyped) attributes.
+            connections = getattr(inner, "_pool_connections", 10)
+            maxsize = getattr(inner, "_pool_maxsize", 10)
+            block = getattr(inner, "_pool_block", False)
+            inner.proxy_manager = {}
+            inner.init_poolmanager(connections, maxsize, block=block)
 
 
 _adapters: dict[str, _TimeoutAdapter] = {}

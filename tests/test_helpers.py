@@ -6,6 +6,7 @@ Everything goes through the real SDK to the local Freeplay server.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -558,3 +559,69 @@ def test_payload_fields_match_the_sdk() -> None:
     from freeplay_integrations._helpers import RECORD_FIELDS
 
     assert fields - RECORD_FIELDS == {"session_info"}
+
+
+# -- under the WSGI adapters ------------------------------------------------------------
+
+
+def turn(forget: bool) -> dict[str, Any]:
+    """What the views below do: a trace with a completion and its feedback, or a delete."""
+    if forget:
+        end_session(delete=True)
+        return {"ended": True}
+    with trace_scope("question") as trace:
+        completion_id = record(all_messages=chat("q")).completion_id
+        record_feedback({"rating": 3})
+        trace.output = "answer"
+    return {"completion_id": completion_id, "trace_id": trace.trace_id}
+
+
+def wsgi_app(client: Freeplay, server: LocalFreeplay) -> Any:
+    from freeplay_integrations.wsgi import FreeplaySessionMiddleware as WSGIMiddleware
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        body = turn("forget" in environ.get("QUERY_STRING", ""))
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    return WSGIMiddleware(app, client=client, project_id=server.project_id)
+
+
+def flask_app(client: Freeplay, server: LocalFreeplay) -> Any:
+    from flask import Flask, request
+
+    from freeplay_integrations.flask import FreeplaySessions
+
+    app = Flask(__name__)
+    FreeplaySessions(app, client=client, project_id=server.project_id)
+
+    @app.get("/")
+    def view() -> dict[str, Any]:
+        return turn("forget" in request.args)
+
+    return app
+
+
+@pytest.mark.parametrize("build", [wsgi_app, flask_app])
+def test_helpers_under_the_wsgi_adapters(
+    client: Freeplay, server: LocalFreeplay, build: Any
+) -> None:
+    from werkzeug.test import Client
+
+    http = Client(build(client, server))
+    first = http.get("/")
+    session_id = first.headers[HEADER]
+    body = json.loads(first.get_data())
+    assert current_session() is None
+    flushed(client)
+    stored = server.completion(body["completion_id"])
+    assert stored is not None
+    assert (stored["session_id"], stored["parent_id"]) == (session_id, body["trace_id"])
+    assert stored["feedback"] == {"rating": 3}
+    forget = http.get("/?forget=1", headers={HEADER: session_id})
+    assert current_session() is None
+    assert HEADER not in forget.headers
+    assert "Max-Age=0" in forget.headers["Set-Cookie"]
+    flushed(client)
+    assert server.session(session_id)["deleted"]  # type: ignore[index]
+    assert server.completions(session_id) == []

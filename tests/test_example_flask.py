@@ -104,7 +104,9 @@ def test_a_conversation_is_one_session_with_a_trace_per_turn(
     assert first_id == second_id == cookie(client)
 
     turns = recorded_turns(freeplay_local, first_id, 2)
-    assert [s["id"] for s in freeplay_local.sessions()] == [first_id]
+    [session] = freeplay_local.sessions()
+    assert session["id"] == first_id
+    assert session["custom_metadata"] == {"app": "example-chat", "framework": "Flask"}
     assert [t.trace["id"] for t in turns] == [first["trace_id"], second["trace_id"]]
     assert [t.answer["id"] for t in turns] == [first["completion_id"], second["completion_id"]]
     assert turns[0].trace["input"] == "What is Freeplay?"

@@ -162,6 +162,10 @@ class Chat:
 
     # -- requests ----------------------------------------------------------------------
 
+    def session_metadata(self, request: Any) -> dict[str, str]:
+        """The middleware's `session_metadata` hook: shown with each session on Freeplay."""
+        return {"app": AGENT_NAME, "framework": self.framework}
+
     @staticmethod
     def check_message(body: Any) -> str:
         """The message of a `{"message": "..."}` request body, or `ChatError`."""

@@ -25,6 +25,7 @@ MIDDLEWARE = [
 ]
 FREEPLAY = {
     "EXCLUDE_PATHS": ["/static/", "/healthz"],
+    "SESSION_METADATA": "example_apps.django_chat.views.session_metadata",
 }
 #: The example chat's own settings: `RESPONDER` (a `Responder`, default: from the
 #: environment) and `FREEPLAY_UI` (the local Freeplay page, linked from the chat).

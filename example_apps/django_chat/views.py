@@ -36,6 +36,7 @@ __all__ = [
     "healthz",
     "new_conversation",
     "page",
+    "session_metadata",
     "static",
 ]
 
@@ -67,6 +68,11 @@ def _forget_chat(*, setting: str, **kwargs: Any) -> None:
 
 
 setting_changed.connect(_forget_chat)
+
+
+def session_metadata(request: HttpRequest) -> dict[str, str]:
+    """`FREEPLAY["SESSION_METADATA"]`: what each session shows on Freeplay."""
+    return get_chat().session_metadata(request)
 
 
 def _answers_errors(view: View) -> View:

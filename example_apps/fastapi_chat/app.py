@@ -100,7 +100,10 @@ def create_app(
     async def feedback(request: Request) -> dict[str, Any]:
         return chat.feedback(await _json(request))
 
-    options: dict[str, Any] = {"exclude_paths": ["/static/", "/healthz"]}
+    options: dict[str, Any] = {
+        "exclude_paths": ["/static/", "/healthz"],
+        "session_metadata": chat.session_metadata,
+    }
     if client is not None:
         options["client"] = client
     if project_id is not None:

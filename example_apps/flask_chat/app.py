@@ -99,7 +99,10 @@ def create_app(
     def feedback() -> dict[str, Any]:
         return chat.feedback(_json())
 
-    options: dict[str, Any] = {"exclude_paths": ["/static/", "/healthz"]}
+    options: dict[str, Any] = {
+        "exclude_paths": ["/static/", "/healthz"],
+        "session_metadata": chat.session_metadata,
+    }
     if client is not None:
         options["client"] = client
     if project_id is not None:

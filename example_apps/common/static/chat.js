@@ -59,7 +59,7 @@
     item.setAttribute("data-state", "done");
     item.setAttribute("data-completion-id", completionId);
     var box = element("div", "feedback");
-    [["up", "👍", "Good answer"], ["down", "👎", "Bad answer"]].forEach(function (spec) {
+    [["up", "✓ Good", "Thumbs up: a good answer"], ["down", "✗ Bad", "Thumbs down: a bad answer"]].forEach(function (spec) {
       var button = element("button", "", spec[1]);
       button.type = "button";
       button.title = spec[2];

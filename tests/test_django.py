@@ -498,6 +498,52 @@ def test_signed_ids_are_echoed_signed_and_resume(settings: SettingsWrapper) -> N
     assert forged.json()["before"]["current"] != session_id
 
 
+# -- the Set-Cookie text -------------------------------------------------------------------
+
+
+def _wsgi_headers(path: str, **environ: str) -> list[tuple[str, str]]:
+    """The headers Django's WSGI handler gives the server for `path`."""
+    from wsgiref.util import setup_testing_defaults
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    env: dict[str, Any] = {"PATH_INFO": path, **environ}
+    setup_testing_defaults(env)
+    captured: list[tuple[str, str]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+        captured.extend(headers)
+
+    response = WSGIHandler()(env, start_response)
+    b"".join(response)
+    response.close()
+    assert current_session() is None
+    return captured
+
+
+def test_the_set_cookie_text_is_the_cores() -> None:
+    session_id = str(uuid.uuid4())
+    headers = _wsgi_headers("/sync/", HTTP_X_FREEPLAY_SESSION_ID=session_id)
+    cookies = [value.strip() for name, value in headers if name == "Set-Cookie"]
+    assert cookies == [f"{COOKIE}={session_id}; Max-Age={MAX_AGE}; Path=/; SameSite=Lax; HttpOnly"]
+    ended = _wsgi_headers("/sync/", QUERY_STRING="end=1")
+    [expired] = [value.strip() for name, value in ended if name == "Set-Cookie"]
+    assert expired.startswith(f"{COOKIE}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT")
+
+
+def test_a_session_cookie_changed_after_the_middleware_is_written_with_the_change() -> None:
+    import pickle
+
+    response = _get(Client(), "/sync/")
+    morsel = response.cookies[COOKIE]
+    assert morsel.OutputString().endswith("HttpOnly")  # as the core wrote it
+    morsel["domain"] = "example.com"
+    assert "Domain=example.com" in morsel.OutputString()
+    # A pickled response (the cache middleware stores them so) keeps a valid cookie.
+    copy = pickle.loads(pickle.dumps(response.cookies))[COOKIE]
+    assert copy.value == morsel.value and "Max-Age=2592000" in copy.OutputString()
+
+
 # -- secure cookies --------------------------------------------------------------------------
 
 

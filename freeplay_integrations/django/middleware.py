@@ -21,7 +21,7 @@ left alone (they run no user code and may be sent with `sendfile`).
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
 from http.cookies import Morsel, SimpleCookie
 from itertools import chain
 from typing import Any, Final, cast
@@ -41,6 +41,7 @@ __all__ = [
     "REQUEST_ATTRIBUTE",
     "FreeplaySessionMiddleware",
     "RequestSession",
+    "SessionCookie",
 ]
 
 #: The attribute set on every request the middleware handles.
@@ -206,20 +207,42 @@ def _add_session(
 
 
 def _set_cookie(config: DjangoConfig, response: HttpResponseBase, set_cookie: str) -> None:
-    """Put the core's `Set-Cookie` value into `response.cookies` (replacing a cookie of the
-    same name), so Django, its test client and other middleware see it as a cookie."""
+    """Put the core's `Set-Cookie` value into `response.cookies`, replacing any cookie of
+    that name, so Django, its test client and other middleware see it as a cookie."""
     pair, _, attributes = set_cookie.partition("; ")
     name, _, value = pair.partition("=")
     parsed = config.cookie_attributes.get(attributes)
     if parsed is None:  # parsed once per distinct attribute string: secure or not, expiry
-        morsel_attributes = SimpleCookie(f"x=; {attributes}")["x"]
-        parsed = {key: given for key, given in morsel_attributes.items() if given}
+        parsed = dict(SimpleCookie(f"x=; {attributes}")["x"])
         config.cookie_attributes[attributes] = parsed
-    morsel: Morsel[str] = Morsel()
     real, coded = _COOKIE_CODEC.value_encode(value)
+    morsel = SessionCookie(parsed)
     morsel.set(name, real, coded)
-    morsel.update(parsed)
+    morsel.written_as = (set_cookie, name, real, parsed)
     response.cookies[name] = morsel
+
+
+class SessionCookie(Morsel[str]):
+    """The session cookie in `response.cookies`: read and change it like any cookie.
+
+    Unless something changed it after the middleware, it is written out exactly as the
+    framework-neutral core built it (the same `Set-Cookie` text as in every other adapter).
+    """
+
+    written_as: tuple[str, str, str, dict[str, Any]] | None = None
+
+    def __init__(self, attributes: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if attributes:  # as Morsel itself parsed them: valid
+            dict.update(self, attributes)
+
+    def OutputString(self, attrs: Container[str] | None = None) -> str:
+        written_as = self.written_as
+        if written_as is not None and attrs is None:
+            text, key, value, attributes = written_as
+            if self.key == key and self.value == value and dict.__eq__(self, attributes):
+                return text
+        return super().OutputString(attrs)
 
 
 # -- streaming bodies ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ Freeplay domain), no local server is started: the app records into real Freeplay
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -28,6 +29,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 __all__ = ["APPS", "ROOT", "app_command", "main"]
 
@@ -39,6 +41,7 @@ LOCAL_PROJECT_ID = "local-project"
 #: Seconds each child gets to stop after SIGINT before it is killed.
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
+PR_SET_PDEATHSIG = 1
 
 
 def app_command(app: str, host: str, port: int) -> list[str]:
@@ -60,6 +63,28 @@ def app_command(app: str, host: str, port: int) -> list[str]:
             "--noreload", "--settings", "example_apps.django_chat.settings",
         ]  # fmt: skip
     raise ValueError(f"unknown app {app!r}: choose one of {', '.join(APPS)}")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
+    """Linux: the child gets SIGTERM if this script dies without stopping it (SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def _spawn(command: list[str], env: dict[str, str], **options: Any) -> subprocess.Popen[bytes]:
+    # Children get their own process group: Ctrl-C reaches only this script, which then
+    # stops them in order (the app first, so that its last recordings arrive).
+    return subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        **options,
+    )
 
 
 def _free_port(host: str) -> int:
@@ -166,20 +191,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             freeplay_port = args.freeplay_port or _free_port(host)
             _check_port(host, freeplay_port, "--freeplay-port")
             db = args.db if args.db == ":memory:" else str(Path(args.db).resolve())
-            # Children get their own process group: Ctrl-C reaches only this script, which
-            # then stops them in order (the app first, so its last recordings arrive).
             command = [
                 sys.executable, "-m", "freeplay_integrations.local", "--host", host,
                 "--port", str(freeplay_port), "--db", db, "--api-key", LOCAL_API_KEY,
                 "--project-id", LOCAL_PROJECT_ID,
             ]  # fmt: skip
-            local = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-            )
+            local = _spawn(command, env, stdout=subprocess.DEVNULL)
             children.append(("the local Freeplay server", local))
             freeplay_url = f"http://{host}:{freeplay_port}"
             _wait_until_up(
@@ -191,9 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 FREEPLAY_PROJECT_ID=LOCAL_PROJECT_ID,
                 DEMO_FREEPLAY_UI=freeplay_url,
             )
-        app = subprocess.Popen(
-            app_command(args.app, host, app_port), cwd=ROOT, env=env, start_new_session=True
-        )
+        app = _spawn(app_command(args.app, host, app_port), env)
         children.insert(0, (f"the {args.app} app", app))
         app_url = f"http://{host}:{app_port}"
         _wait_until_up(f"{app_url}/healthz", app, f"The {args.app} app", stopping)

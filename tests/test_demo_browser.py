@@ -106,9 +106,13 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0, log.read_text(errors="replace")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: stop it (and its children) cleanly
+            process.terminate()
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @pytest.fixture

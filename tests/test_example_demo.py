@@ -64,9 +64,13 @@ def run_demo(log: Path, *args: str, env: dict[str, str]) -> Iterator[subprocess.
     try:
         yield process
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # a failed test: stop it (and its children) cleanly
+            process.terminate()
+            try:
+                process.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def wait_for_text(log: Path, text: str, process: subprocess.Popen[bytes]) -> str:
@@ -175,3 +179,18 @@ def test_a_busy_port_is_reported_with_the_option_to_change_it(tmp_path: Path) ->
     output = log.read_text()
     assert f"Port {port} on 127.0.0.1 is not free" in output
     assert "--port" in output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal: Linux only")
+def test_children_do_not_outlive_a_killed_demo(tmp_path: Path) -> None:
+    app_port, freeplay_port = free_port(), free_port()
+    log = tmp_path / "demo.log"
+    args = ("--app", "flask", "--port", str(app_port), "--freeplay-port", str(freeplay_port))
+    with run_demo(log, *args, "--db", ":memory:", env=demo_env()) as process:
+        wait_for_text(log, READY, process)
+        process.kill()  # no chance to stop its children itself
+        process.wait()
+        deadline = time.monotonic() + TIMEOUT
+        while not (is_free(app_port) and is_free(freeplay_port)):
+            assert time.monotonic() < deadline, "a child outlived the killed demo"
+            time.sleep(0.05)

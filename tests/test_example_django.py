@@ -15,6 +15,7 @@ import httpx
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import Client
+from freeplay import Freeplay
 
 from example_apps.common.chat import FEEDBACK_KEY, MAX_MESSAGE_CHARS
 from example_apps.common.llm import LocalResponder, Responder
@@ -26,7 +27,8 @@ from example_apps.testing import (
     recorded_turns,
     serve_wsgi,
 )
-from freeplay_integrations import current_session, current_trace, flush
+from freeplay_integrations import current_session, current_trace
+from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.local import LocalFreeplay
 
 if TYPE_CHECKING:
@@ -38,7 +40,10 @@ COOKIE = "freeplay_session_id"
 
 
 def configure(
-    settings: SettingsWrapper, server: LocalFreeplay, responder: Responder | None = None
+    settings: SettingsWrapper,
+    server: LocalFreeplay,
+    responder: Responder | None = None,
+    freeplay: Freeplay | None = None,
 ) -> None:
     """The example project's settings, recording into `server`: a fresh chat per test."""
     settings.MIDDLEWARE = project.MIDDLEWARE
@@ -46,7 +51,7 @@ def configure(
     settings.ROOT_URLCONF = project.ROOT_URLCONF
     settings.FREEPLAY = {
         **project.FREEPLAY,
-        "CLIENT": server.client(),
+        "CLIENT": freeplay or server.client(),
         "PROJECT_ID": server.project_id,
     }
     settings.CHAT = {
@@ -56,16 +61,21 @@ def configure(
 
 
 def make_client(
-    settings: SettingsWrapper, server: LocalFreeplay, responder: Responder | None = None
+    settings: SettingsWrapper,
+    server: LocalFreeplay,
+    responder: Responder | None = None,
+    freeplay: Freeplay | None = None,
 ) -> Client:
-    configure(settings, server, responder)
+    configure(settings, server, responder, freeplay)
     return Client()
 
 
 @pytest.fixture
 def client(settings: SettingsWrapper, freeplay_local: LocalFreeplay) -> Iterator[Client]:
-    yield make_client(settings, freeplay_local)
-    assert flush(10), "recordings were left undelivered"  # before the server stops
+    freeplay = freeplay_local.client()
+    yield make_client(settings, freeplay_local, freeplay=freeplay)
+    # Everything this app recorded is delivered before the server stops.
+    assert recorder_for(freeplay).flush(10), "recordings were left undelivered"
     assert current_session() is None and current_trace() is None
 
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from freeplay import Freeplay
 from starlette.testclient import TestClient
 
 from example_apps.common.chat import FEEDBACK_KEY, MAX_MESSAGE_CHARS
@@ -21,7 +22,8 @@ from example_apps.testing import (
     parse_sse,
     recorded_turns,
 )
-from freeplay_integrations import current_session, current_trace, flush
+from freeplay_integrations import current_session, current_trace
+from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.local import LocalFreeplay
 from tests._servers import serve_asgi
 
@@ -29,9 +31,11 @@ HEADER = "x-freeplay-session-id"
 COOKIE = "freeplay_session_id"
 
 
-def make_client(server: LocalFreeplay, responder: Responder | None = None) -> TestClient:
+def make_client(
+    server: LocalFreeplay, responder: Responder | None = None, freeplay: Freeplay | None = None
+) -> TestClient:
     app = create_app(
-        client=server.client(),
+        client=freeplay or server.client(),
         project_id=server.project_id,
         responder=responder or LocalResponder(delay=0),
         freeplay_ui=server.url,
@@ -41,9 +45,11 @@ def make_client(server: LocalFreeplay, responder: Responder | None = None) -> Te
 
 @pytest.fixture
 def client(freeplay_local: LocalFreeplay) -> Iterator[TestClient]:
-    with make_client(freeplay_local) as test_client:
+    freeplay = freeplay_local.client()
+    with make_client(freeplay_local, freeplay=freeplay) as test_client:
         yield test_client
-    assert flush(10), "recordings were left undelivered"  # before the server stops
+    # Everything this app recorded is delivered before the server stops.
+    assert recorder_for(freeplay).flush(10), "recordings were left undelivered"
     assert current_session() is None and current_trace() is None
 
 

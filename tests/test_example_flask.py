@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from flask.testing import FlaskClient
+from freeplay import Freeplay
 from werkzeug.test import TestResponse
 
 from example_apps.common.chat import FEEDBACK_KEY, MAX_MESSAGE_CHARS
@@ -25,16 +26,19 @@ from example_apps.testing import (
     recorded_turns,
     serve_wsgi,
 )
-from freeplay_integrations import current_session, current_trace, flush
+from freeplay_integrations import current_session, current_trace
+from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.local import LocalFreeplay
 
 HEADER = "x-freeplay-session-id"
 COOKIE = "freeplay_session_id"
 
 
-def make_client(server: LocalFreeplay, responder: Responder | None = None) -> FlaskClient:
+def make_client(
+    server: LocalFreeplay, responder: Responder | None = None, freeplay: Freeplay | None = None
+) -> FlaskClient:
     app = create_app(
-        client=server.client(),
+        client=freeplay or server.client(),
         project_id=server.project_id,
         responder=responder or LocalResponder(delay=0),
         freeplay_ui=server.url,
@@ -44,8 +48,10 @@ def make_client(server: LocalFreeplay, responder: Responder | None = None) -> Fl
 
 @pytest.fixture
 def client(freeplay_local: LocalFreeplay) -> Iterator[FlaskClient]:
-    yield make_client(freeplay_local)
-    assert flush(10), "recordings were left undelivered"  # before the server stops
+    freeplay = freeplay_local.client()
+    yield make_client(freeplay_local, freeplay=freeplay)
+    # Everything this app recorded is delivered before the server stops.
+    assert recorder_for(freeplay).flush(10), "recordings were left undelivered"
     assert current_session() is None and current_trace() is None
 
 

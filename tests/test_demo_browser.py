@@ -1,8 +1,8 @@
 """The demo as a person uses it: `run_demo.py` driven in headless Chromium.
 
-Two messages, "New conversation", one more message; then the local Freeplay page must
-show exactly two sessions, with two and one traces. Screenshots of each step are saved
-under `test-artifacts/browser/`.
+For each example app (FastAPI, Flask, Django): two messages, "New conversation", one more
+message; then the local Freeplay page must show exactly two sessions, with two and one
+traces. Screenshots of each step are saved under `test-artifacts/browser/<app>/`.
 
 `UPDATE_DOCS=1` also copies the session page's screenshot to `docs/local-freeplay.png`
 (the README's picture).
@@ -47,6 +47,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 READY = "Press Ctrl-C to stop."
+FRAMEWORKS = {"fastapi": "FastAPI", "flask": "Flask", "django": "Django"}
 TIMEOUT = 30.0
 WAIT_MS = 15_000
 
@@ -76,18 +77,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """`run_demo.py` (FastAPI app + local Freeplay server) on free ports, stopped after."""
+@pytest.fixture(params=["fastapi", "flask", "django"])
+def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """`run_demo.py` (an example app + local Freeplay server) on free ports, stopped after."""
+    app = str(request.param)
     app_port, freeplay_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FREEPLAY_", "DEMO_"))}
     env.pop("OPENAI_API_KEY", None)
     env.pop("ANTHROPIC_API_KEY", None)
     env["DEMO_TOKEN_DELAY"] = "0.005"  # streamed visibly, yet fast
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    log = ARTIFACTS / "demo.log"
+    artifacts = ARTIFACTS / app
+    artifacts.mkdir(parents=True, exist_ok=True)
+    log = artifacts / "demo.log"
     command = [
-        sys.executable, str(ROOT / "example_apps" / "run_demo.py"), "--app", "fastapi",
+        sys.executable, str(ROOT / "example_apps" / "run_demo.py"), "--app", app,
         "--port", str(app_port), "--freeplay-port", str(freeplay_port),
         "--db", str(tmp_path / "freeplay.sqlite3"),
     ]  # fmt: skip
@@ -100,8 +103,10 @@ def demo(tmp_path: Path) -> Iterator[dict[str, str]]:
                 pytest.fail(f"the demo did not start:\n{log.read_text(errors='replace')}")
             time.sleep(0.05)
         yield {
+            "name": app,
             "app": f"http://127.0.0.1:{app_port}",
             "freeplay": f"http://127.0.0.1:{freeplay_port}",
+            "artifacts": str(artifacts),
         }
         process.send_signal(signal.SIGINT)
         assert process.wait(TIMEOUT) == 0, log.read_text(errors="replace")
@@ -135,8 +140,8 @@ def send(page: Page, text: str, answers: int) -> None:
     expect(done.last.locator(".text")).to_contain_text(f'You asked: "{text}')
 
 
-def shot(page: Page, name: str, **options: Any) -> None:
-    page.screenshot(path=str(ARTIFACTS / name), **options)
+def shot(page: Page, demo: dict[str, str], name: str, **options: Any) -> None:
+    page.screenshot(path=str(Path(demo["artifacts"]) / name), **options)
 
 
 def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser: Browser) -> None:
@@ -146,6 +151,7 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
 
     page.goto(demo["app"] + "/")
     expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=WAIT_MS)
+    expect(page.locator("#framework")).to_have_text(FRAMEWORKS[demo["name"]])
     first_session = page.inner_text("#session-id")
     send(page, "What is Freeplay?", 1)
     send(page, "How are sessions grouped?", 2)
@@ -153,7 +159,7 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     page.locator(".msg.assistant").last.locator("button[data-vote=up]").click()
     expect(page.locator(".msg.assistant").last).to_have_attribute("data-feedback", "up")
     assert page.inner_text("#session-id") == first_session
-    shot(page, "1-first-conversation.png")
+    shot(page, demo, "1-first-conversation.png")
 
     page.click("#new-conversation")
     expect(page.locator("#messages li")).to_have_count(0, timeout=WAIT_MS)
@@ -161,7 +167,7 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     second_session = page.inner_text("#session-id")
     send(page, "A new topic", 1)
     assert page.inner_text("#session-id") == second_session
-    shot(page, "2-second-conversation.png")
+    shot(page, demo, "2-second-conversation.png")
 
     # The local Freeplay page: exactly two sessions, with two and one traces.
     page.goto(demo["freeplay"] + "/")
@@ -174,7 +180,7 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     expect(second_row.locator(".trace-count")).to_have_text("1", timeout=WAIT_MS)
     expect(first_row.locator(".completion-count")).to_have_text("4", timeout=WAIT_MS)
     expect(second_row.locator(".completion-count")).to_have_text("2", timeout=WAIT_MS)
-    shot(page, "3-freeplay-sessions.png")
+    shot(page, demo, "3-freeplay-sessions.png")
 
     # The first conversation's page: two traces, each the parent of its two completions.
     first_row.locator("a.session-link").click()
@@ -187,10 +193,12 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     parents = [str(completions.nth(i).get_attribute("data-parent-id")) for i in range(4)]
     assert sorted(parents) == sorted([*trace_ids, *trace_ids])
     expect(page.locator(".feedback").first).to_contain_text("positive", timeout=WAIT_MS)
-    shot(page, "4-freeplay-session.png")
-    shot(page, "5-freeplay-session-full.png", full_page=True)
-    if os.environ.get("UPDATE_DOCS") == "1":
-        shutil.copyfile(ARTIFACTS / "4-freeplay-session.png", ROOT / "docs" / "local-freeplay.png")
+    shot(page, demo, "4-freeplay-session.png")
+    shot(page, demo, "5-freeplay-session-full.png", full_page=True)
+    if os.environ.get("UPDATE_DOCS") == "1" and demo["name"] == "fastapi":
+        shutil.copyfile(
+            Path(demo["artifacts"]) / "4-freeplay-session.png", ROOT / "docs" / "local-freeplay.png"
+        )
 
     assert errors == [], f"JavaScript errors on the pages: {errors}"
     assert re.fullmatch(r"[0-9a-f-]{36}", second_session)

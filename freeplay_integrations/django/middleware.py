@@ -179,7 +179,7 @@ def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rej
 
 
 def _reject(rejection: Rejection) -> HttpResponse:
-    """The 400 answer to an invalid session ID under `ON_INVALID = "reject"`; no view runs."""
+    """The answer when `ON_INVALID` / `ON_UNAUTHORIZED` is "reject" (400 / 403): no view runs."""
     return HttpResponse(
         rejection.body, status=rejection.status, content_type=rejection.content_type
     )

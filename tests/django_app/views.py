@@ -27,6 +27,8 @@ from freeplay_integrations import current_session, end_session, new_session, rec
 
 #: Sent by the signal views; receivers note what they saw on `request.signal_seen`.
 conversation_event = Signal()
+#: Async receivers and `Signal.asend()` are new in Django 5.0.
+ASYNC_SIGNALS = hasattr(Signal, "asend")
 #: What streamed bodies did after their response left the view, by the request's `key`:
 #: tests use a fresh key per request.
 EVENTS: defaultdict[str, list[str]] = defaultdict(list)
@@ -94,9 +96,12 @@ def _sync_receiver(sender: Any, request: HttpRequest, **kwargs: Any) -> None:
     request.signal_seen.append({"receiver": "sync", **seen(request)})  # type: ignore[attr-defined]
 
 
-@receiver(conversation_event, dispatch_uid="tests.django_app.async_receiver")
 async def _async_receiver(sender: Any, request: HttpRequest, **kwargs: Any) -> None:
     request.signal_seen.append({"receiver": "async", **seen(request)})  # type: ignore[attr-defined]
+
+
+if ASYNC_SIGNALS:
+    conversation_event.connect(_async_receiver, dispatch_uid="tests.django_app.async_receiver")
 
 
 def sync_signal_view(request: HttpRequest) -> JsonResponse:
@@ -111,7 +116,10 @@ async def async_signal_view(request: HttpRequest) -> JsonResponse:
     request.signal_seen = []  # type: ignore[attr-defined]
     if request.GET.get("new"):
         new_session()
-    await conversation_event.asend(sender=None, request=request)
+    if ASYNC_SIGNALS:
+        await conversation_event.asend(sender=None, request=request)
+    else:
+        await sync_to_async(conversation_event.send)(sender=None, request=request)
     return JsonResponse({"view": seen(request), "receivers": request.signal_seen})  # type: ignore[attr-defined]
 
 

@@ -683,6 +683,25 @@ def test_session_metadata_by_dotted_path_reaches_freeplay(
     assert local.session(session_id)["custom_metadata"] == {"tenant": "acme"}  # type: ignore[index]
 
 
+@pytest.mark.anyio
+async def test_hooks_run_outside_the_event_loop_under_asgi(
+    local: LocalFreeplay, settings: SettingsWrapper
+) -> None:
+    # Hooks read request.user, which queries the database: Django refuses that in an
+    # event loop, so under ASGI they run in a worker thread, as a sync view would.
+    settings.FREEPLAY = {
+        **settings.FREEPLAY,
+        "SESSION_METADATA": "tests.django_app.hooks.tenant_from_database",
+        "AUTHORIZE_SESSION": "tests.django_app.hooks.owner_from_database",
+    }
+    session_id = str(uuid.uuid4())
+    response = await _aget(AsyncClient(), "/async/?record=1", headers={HEADER: session_id})
+    assert _sid(response) == session_id  # authorized, not refused for an error
+    assert flush(10)
+    local.wait_for(lambda: local.completions(session_id))
+    assert local.session(session_id)["custom_metadata"] == {"tenant": "acme"}  # type: ignore[index]
+
+
 @pytest.mark.parametrize(("on_unauthorized", "status"), [("new", 200), ("reject", 403)])
 def test_authorize_session_by_dotted_path(
     settings: SettingsWrapper, on_unauthorized: str, status: int

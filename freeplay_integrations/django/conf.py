@@ -142,6 +142,7 @@ class DjangoConfig:
         "cookie_attributes",
         "cookie_secure",
         "echo_header",
+        "has_hooks",
         "header",
         "meta_key",
         "resolver",
@@ -160,6 +161,11 @@ class DjangoConfig:
         self.echo_header = settings.echo_header
         self.set_cookie = settings.set_cookie
         self.cookie_secure = settings.cookie_secure
+        #: `SESSION_METADATA` / `AUTHORIZE_SESSION` are user code that may use the database
+        #: (`request.user`): under ASGI they run in a worker thread, like a sync view.
+        self.has_hooks = (
+            settings.session_metadata is not None or settings.authorize_session is not None
+        )
         #: Cookie attributes parsed from the core's `Set-Cookie` strings, by string.
         self.cookie_attributes: dict[str, dict[str, Any]] = {}
 

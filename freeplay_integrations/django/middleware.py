@@ -109,7 +109,10 @@ class FreeplaySessionMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         config = get_config()
-        binding = _resolve(config, request)
+        if config.has_hooks:  # user code that may touch the database, as sync views do
+            binding = await sync_to_async(_resolve, thread_sensitive=True)(config, request)
+        else:
+            binding = _resolve(config, request)
         if binding is None:
             return await cast("AsyncGetResponse", self.get_response)(request)
         if isinstance(binding, Rejection):

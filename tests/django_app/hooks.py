@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.asyncio import async_unsafe
 from freeplay import Freeplay
 
 #: A ready client (records nowhere: sessions need no network call).
@@ -25,3 +26,17 @@ def tenant_metadata(request: HttpRequest) -> dict[str, Any]:
 
 def allow_only_trusted(request: HttpRequest, session_id: str) -> bool:
     return request.headers.get("X-Trusted") == "yes"
+
+
+@async_unsafe
+def _database_query() -> str:
+    """Stands for an ORM call: Django refuses it inside an event loop."""
+    return "acme"
+
+
+def tenant_from_database(request: HttpRequest) -> dict[str, Any]:
+    return {"tenant": _database_query()}
+
+
+def owner_from_database(request: HttpRequest, session_id: str) -> bool:
+    return _database_query() == "acme"

@@ -9,9 +9,10 @@ a change made in any of them is what the adapter sees when it writes the respons
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._errors import NoActiveSessionError
@@ -50,6 +51,7 @@ class SessionBinding:
         "client",
         "ended",
         "last_completion_id",
+        "open_traces",
         "project_id",
         "recording",
         "signer",
@@ -82,6 +84,8 @@ class SessionBinding:
         self.ended = False
         #: ID of the last completion `record()` made in this request or scope.
         self.last_completion_id: str | None = None
+        #: The traces `trace_scope` has open in this request, oldest first (see _helpers).
+        self.open_traces: list[Any] = []
 
     @property
     def session(self) -> Session:
@@ -169,8 +173,56 @@ def new_session(custom_metadata: Mapping[str, Any] | None = None) -> Session:
 
 
 def current_trace() -> TraceInfo | None:
-    """The trace opened by the innermost `trace_scope`, or None."""
-    return _trace.get()
+    """The trace opened by the innermost `trace_scope`, or None.
+
+    Normally the trace contextvar. One case needs more: a sync generator that opened a
+    `trace_scope` and is iterated one step at a time, each step in a fresh copy of the
+    request's context (Starlette's `StreamingResponse`, Django's ASGI handler). A value set
+    in one step is gone in the next, so the contextvar shows the trace's parent there. The
+    trace is still open on the request's binding, and the frame running its `with` block
+    (the generator's) is on the stack: that identifies it without guessing, so a concurrent
+    task of the same request, which does not run inside that frame, is not affected.
+    """
+    trace = _trace.get()
+    binding = _binding.get()
+    if binding is None:
+        return trace
+    open_traces = binding.open_traces
+    if open_traces and open_traces[-1] is not trace:
+        opened_here = _opened_on_this_stack(open_traces)
+        if opened_here is not None and _is_ancestor(trace, opened_here, open_traces):
+            return opened_here  # type: ignore[no-any-return]
+    return trace
+
+
+def _opened_on_this_stack(open_traces: list[Any]) -> Any:
+    """The innermost open trace whose `with` block is running on the current stack."""
+    frames = set()
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None:
+        frames.add(id(frame))
+        frame = frame.f_back
+    for handle in reversed(open_traces):
+        opened_in = getattr(handle, "_frame", None)
+        if opened_in is not None and id(opened_in) in frames:
+            return handle
+    return None
+
+
+def _is_ancestor(trace: TraceInfo | None, handle: Any, open_traces: list[Any]) -> bool:
+    """Whether `trace` (None: the top level) is `handle` or one of its ancestors."""
+    by_id = {t.trace_id: t for t in open_traces}
+    current = handle
+    while current is not None:
+        if trace is not None and current.trace_id == trace.trace_id:
+            return True
+        parent_id = current.parent_id
+        if parent_id is None:
+            return trace is None
+        current = by_id.get(str(parent_id))
+        if current is None:  # the parent is not a trace_scope of this request
+            return trace is not None and str(parent_id) == trace.trace_id
+    return False
 
 
 def bind_trace(trace: TraceInfo | None) -> Token[TraceInfo | None]:

@@ -8,10 +8,12 @@ session they raise `NoActiveSessionError`: nothing is ever recorded into a rando
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -168,6 +170,8 @@ class TraceHandle(TraceInfo):
     project_id: str
     #: Sent right after the trace (feedback given while it is open).
     _after: list[Operation]
+    #: The frame running the trace's `with` block, while it is open.
+    _frame: FrameType | None
 
     def record_output(
         self,
@@ -243,6 +247,8 @@ class trace_scope:
         handle.last_completion_id = None
         handle.project_id = project_id
         handle._after = []
+        handle._frame = sys._getframe(2)  # the frame running the `with` block (see current_trace)
+        binding.open_traces.append(handle)
         self._stack.append((handle, binding, bind_trace(handle)))
         return handle
 
@@ -270,7 +276,17 @@ class trace_scope:
             for op in handle._after:
                 _send(binding, op)
         finally:
-            unbind_trace(token)
+            handle._frame = None
+            with contextlib.suppress(ValueError):
+                binding.open_traces.remove(handle)
+            try:
+                unbind_trace(token)
+            except ValueError:
+                # Entered in another copy of the context (a generator stepped in fresh
+                # copies, see _trace): that copy is gone. Here, only make sure the closed
+                # trace is not left current.
+                if current_trace() is handle:
+                    bind_trace(_parent_of(handle, binding))
 
     def __enter__(self) -> TraceHandle:
         return self._enter()
@@ -293,6 +309,13 @@ class trace_scope:
         tb: TracebackType | None,
     ) -> None:
         self._exit()
+
+
+def _parent_of(handle: TraceHandle, binding: SessionBinding) -> TraceInfo | None:
+    if handle.parent_id is None:
+        return None
+    parent_id = str(handle.parent_id)
+    return next((t for t in binding.open_traces if t.trace_id == parent_id), None)
 
 
 def end_session(*, delete: bool = False) -> None:

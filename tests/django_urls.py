@@ -18,6 +18,7 @@ urlpatterns: list[Any] = [
     path("signal/async/", views.async_signal_view),
     path("stream/sync/", views.sync_stream_view),
     path("stream/async/", views.async_stream_view),
+    path("stream/context/", views.context_stream_view),
     path("error/", views.error_view),
     path("error/async/", views.async_error_view),
     path("expose/", views.expose_view),

@@ -22,7 +22,11 @@ from freeplay.resources.sessions import Session
 
 from freeplay_integrations import current_session, flush
 from freeplay_integrations.django import FreeplaySessionMiddleware
-from freeplay_integrations.django.middleware import ASYNC_STREAM_WARNING, RequestSession
+from freeplay_integrations.django.middleware import (
+    ASYNC_STREAM_WARNING,
+    SYNC_STREAM_WARNING,
+    RequestSession,
+)
 from freeplay_integrations.local import LocalFreeplay
 from tests.django_app.views import ASYNC_SIGNALS, EVENTS
 
@@ -341,14 +345,45 @@ async def test_async_stream_under_asgi_sees_the_session_in_every_chunk() -> None
 
 
 @pytest.mark.anyio
-async def test_sync_stream_under_asgi_sees_the_session_in_every_chunk() -> None:
+async def test_sync_stream_under_asgi_sees_the_session_and_django_warns() -> None:
+    # Django collects a sync body whole under ASGI; the middleware does it for Django, so
+    # a new_session() anywhere in the body still reaches the header and cookie.
     session_id = str(uuid.uuid4())
-    response = await _aget(AsyncClient(), "/stream/sync/?new=1", headers={HEADER: session_id})
-    new = _sid(response)
-    assert new != session_id
-    chunks = _stream(response)
-    assert len(chunks) == 3
-    assert {(c["current"], c["request"]) for c in chunks} == {(new, new)}
+    with pytest.warns(Warning, match="must consume synchronous iterators") as warned:
+        response = await _aget(
+            AsyncClient(), "/stream/sync/?new_late=1", headers={HEADER: session_id}
+        )
+        chunks = await _astream(response)
+    assert [str(w.message) for w in warned] == [SYNC_STREAM_WARNING]  # once, not twice
+    assert [c["step"] for c in chunks] == ["chunk0", "chunk1", "chunk2"]
+    assert (chunks[0]["current"], chunks[0]["request"]) == (session_id, session_id)
+    new = chunks[1]["current"]
+    assert new != session_id and chunks[2]["current"] == chunks[2]["request"] == new
+    assert _sid(response) == new
+
+
+@pytest.mark.parametrize("mode", ["wsgi", "asgi"])
+def test_the_steps_of_a_streamed_body_share_one_context(local: LocalFreeplay, mode: str) -> None:
+    from asgiref.sync import async_to_sync
+
+    session_id = str(uuid.uuid4())
+    if mode == "wsgi":
+        chunks = _stream(_get(Client(), "/stream/context/", headers={HEADER: session_id}))
+    else:
+
+        async def fetch() -> list[dict[str, Any]]:
+            response = await AsyncClient().get("/stream/context/", headers={HEADER: session_id})
+            return await _astream(response)
+
+        with pytest.warns(Warning, match="must consume synchronous iterators"):
+            chunks = async_to_sync(fetch)()
+    assert current_session() is None
+    assert [c["marker"] for c in chunks] == ["set in the first step"] * 3
+    assert [c["in_trace"] for c in chunks] == [True] * 3
+    assert {c["current"] for c in chunks} == {session_id}
+    assert flush(10)
+    [trace] = local.wait_for(lambda: local.traces(session_id))
+    assert trace["output"] == "answer"
 
 
 def test_async_stream_under_wsgi_sees_the_session_and_django_warns() -> None:
@@ -406,6 +441,7 @@ def test_a_stream_failing_before_its_first_chunk_is_a_500_with_the_session(path:
 
 
 @pytest.mark.anyio
+@pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators")
 @pytest.mark.parametrize("path", ["/stream/sync/?raise=1", "/stream/async/?raise=1"])
 async def test_a_stream_failing_before_its_first_chunk_is_a_500_under_asgi(path: str) -> None:
     session_id = str(uuid.uuid4())

@@ -5,17 +5,19 @@ session is bound in one `try`/`finally` around `get_response`, so it is reset in
 context it was set in (a `process_request`/`process_response` pair cannot promise that
 under ASGI).
 
-Streaming responses (`StreamingHttpResponse`, sync or async iterator): Django iterates the
-body after the middleware returned, from the server's thread (WSGI) or from its handler,
-in a worker thread for a sync iterator (ASGI). The middleware wraps the body so the session
-is bound around *each step* of the iteration, in whichever thread or task runs that step,
-and unbound again before the chunk is handed on: nothing is bound between chunks, and a
-thread the server reuses never starts a request with a session. Before returning, the
-middleware pulls the first chunk, so `new_session()` called in the body before its first
-chunk is what the header and cookie carry (the response's headers wait for that chunk,
-as they would for a plain response). An exception raised before the first chunk becomes
-Django's 500 (`response_for_exception`), carrying the session. `FileResponse` bodies are
-left alone (they run no user code and may be sent with `sendfile`).
+Streaming responses (`StreamingHttpResponse`): Django iterates the body after the
+middleware returned, in the server's thread (WSGI) or in its handler's task (ASGI). The
+middleware wraps the body so the session is bound around *each step* of the iteration, in
+whichever thread or task runs that step, and unbound again before the chunk is handed on:
+nothing is bound between chunks, and a thread the server reuses never starts a request
+with a session. Before returning, the middleware pulls the first chunk, so `new_session()`
+called in the body before its first chunk is what the header and cookie carry (the
+response's headers wait for that chunk, as they would for a plain response). A body of
+the other kind (an async iterator under WSGI, a sync one under ASGI), which Django collects
+whole before sending anything, is collected by the middleware instead, in one go (see
+`ASYNC_STREAM_WARNING`). An exception raised before the first chunk becomes Django's 500
+(`response_for_exception`), carrying the session. `FileResponse` bodies are left alone
+(they run no user code and may be sent with `sendfile`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "ASYNC_STREAM_WARNING",
     "EXPOSE_HEADERS",
     "REQUEST_ATTRIBUTE",
+    "SYNC_STREAM_WARNING",
     "FreeplaySessionMiddleware",
     "RequestSession",
     "SessionCookie",
@@ -48,12 +51,18 @@ __all__ = [
 REQUEST_ATTRIBUTE: Final = "freeplay_session"
 #: The response header that lets browser code read the session header.
 EXPOSE_HEADERS: Final = "Access-Control-Expose-Headers"
-#: Warned (like Django itself does) when an async iterator is streamed under WSGI: Django
-#: has to collect the whole body before sending it; the middleware does so itself, with the
-#: session bound, so the response's headers reflect a `new_session()` anywhere in the body.
+#: Warned (as Django itself does) when an async iterator is streamed under WSGI, or a sync
+#: one under ASGI: Django has to collect the whole body before sending it. The middleware
+#: collects it itself, in one go with the session bound, so the response's header and
+#: cookie reflect a `new_session()` anywhere in the body, then hands Django the chunks in
+#: the form it wants (Django then has nothing to warn about).
 ASYNC_STREAM_WARNING: Final = (
     "StreamingHttpResponse must consume asynchronous iterators in order to serve them "
     "synchronously. Use a synchronous iterator instead."
+)
+SYNC_STREAM_WARNING: Final = (
+    "StreamingHttpResponse must consume synchronous iterators in order to serve them "
+    "asynchronously. Use an asynchronous iterator instead."
 )
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase]
@@ -285,8 +294,13 @@ async def _aprepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
         yield chunk
 
 
-def _first(stream: Iterator[bytes]) -> bytes:
-    return next(stream, _END)
+def _collect_sync(binding: SessionBinding, iterator: Iterator[bytes]) -> list[bytes]:
+    return list(_steps(binding, iterator))
+
+
+async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
+    for chunk in chunks:
+        yield chunk
 
 
 async def _collect(binding: SessionBinding, iterator: AsyncIterator[bytes]) -> list[bytes]:
@@ -323,15 +337,20 @@ async def _aprefetch(
 ) -> HttpResponseBase:
     """Async mode (ASGI): wrap the body and pull its first chunk now."""
     try:
-        if response.is_async:
-            astream = _asteps(binding, response.streaming_content)  # type: ignore[arg-type]
-            afirst = await anext(astream, _END)
-            response.streaming_content = _aprepend(afirst, astream)
+        if not response.is_async:
+            # Django would collect the whole body in one worker-thread call before sending
+            # any of it; collect it here instead, in one such call (so the body's steps share
+            # one context), with the session bound, and keep Django's advice.
+            warnings.warn(SYNC_STREAM_WARNING, Warning, stacklevel=2)
+            chunks = await sync_to_async(_collect_sync, thread_sensitive=True)(
+                binding,
+                response.streaming_content,  # type: ignore[arg-type]
+            )
+            response.streaming_content = _replay(chunks)
             return response
-        # A sync iterator runs in a worker thread, as Django runs the rest of it.
-        stream = _steps(binding, response.streaming_content)  # type: ignore[arg-type]
-        first = await sync_to_async(_first, thread_sensitive=True)(stream)
+        astream = _asteps(binding, response.streaming_content)  # type: ignore[arg-type]
+        first = await anext(astream, _END)
     except Exception as exc:
         return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)
-    response.streaming_content = () if first is _END else chain((first,), stream)
+    response.streaming_content = _aprepend(first, astream)
     return response

@@ -15,6 +15,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -23,7 +24,14 @@ from django.dispatch import Signal, receiver
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views import View
 
-from freeplay_integrations import current_session, end_session, new_session, record
+from freeplay_integrations import (
+    current_session,
+    current_trace,
+    end_session,
+    new_session,
+    record,
+    trace_scope,
+)
 
 #: Sent by the signal views; receivers note what they saw on `request.signal_seen`.
 conversation_event = Signal()
@@ -180,6 +188,34 @@ def async_stream_view(request: HttpRequest) -> StreamingHttpResponse:
             raise
         finally:
             EVENTS[key].append("closed")
+
+    return StreamingHttpResponse(body(), content_type="application/x-ndjson")
+
+
+#: Set in a streamed body's first step, read in the later ones.
+step_marker: ContextVar[str | None] = ContextVar("step_marker", default=None)
+
+
+def context_stream_view(request: HttpRequest) -> StreamingHttpResponse:
+    """A sync body whose steps must share one context: a contextvar set in its first step
+    and a `trace_scope` open across its yields (as a streamed LLM answer would be)."""
+
+    def body() -> Iterator[bytes]:
+        token = step_marker.set("set in the first step")
+        try:
+            with trace_scope("question", name="streamed answer") as trace:
+                for index in range(3):
+                    current = current_trace()
+                    line = {
+                        "step": index,
+                        "marker": step_marker.get(),
+                        "in_trace": current is not None and current.trace_id == trace.trace_id,
+                        **seen(request),
+                    }
+                    yield (json.dumps(line) + "\n").encode()
+                trace.output = "answer"
+        finally:
+            step_marker.reset(token)
 
     return StreamingHttpResponse(body(), content_type="application/x-ndjson")
 

@@ -228,10 +228,7 @@ def _set_cookie(config: DjangoConfig, response: HttpResponseBase, set_cookie: st
         parsed = dict(SimpleCookie(f"x=; {attributes}")["x"])
         config.cookie_attributes[attributes] = parsed
     real, coded = _COOKIE_CODEC.value_encode(value)
-    morsel = SessionCookie(parsed)
-    morsel.set(name, real, coded)
-    morsel.written_as = (set_cookie, name, real, parsed)
-    response.cookies[name] = morsel
+    response.cookies[name] = SessionCookie(name, real, coded, parsed, set_cookie)
 
 
 class SessionCookie(Morsel[str]):
@@ -243,10 +240,14 @@ class SessionCookie(Morsel[str]):
 
     written_as: tuple[str, str, str, dict[str, Any]] | None = None
 
-    def __init__(self, attributes: dict[str, Any] | None = None) -> None:
-        super().__init__()
-        if attributes:  # as Morsel itself parsed them: valid
-            dict.update(self, attributes)
+    def __init__(
+        self, key: str, value: str, coded_value: str, attributes: dict[str, Any], text: str
+    ) -> None:
+        # Morsel.__init__ only sets every attribute to "" and the key and value to None:
+        # `attributes` (every attribute, as Morsel parsed them from `text`) and set() do it.
+        dict.update(self, attributes)
+        self.set(key, value, coded_value)
+        self.written_as = (text, key, value, attributes)
 
     def OutputString(self, attrs: Container[str] | None = None) -> str:
         written_as = self.written_as

@@ -182,12 +182,24 @@ def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rej
         setattr(request, REQUEST_ATTRIBUTE, None)
         return None
     meta = request.META
+    cookies = meta.get("HTTP_COOKIE")
+    if cookies and "," in cookies and hasattr(request, "scope"):
+        cookies = _scope_cookies(request.scope)
     result = resolver.resolve(
-        meta.get(config.meta_key) if config.meta_key else None, meta.get("HTTP_COOKIE"), request
+        meta.get(config.meta_key) if config.meta_key else None, cookies, request
     )
     if not isinstance(result, Rejection):
         setattr(request, REQUEST_ATTRIBUTE, RequestSession(result))
     return result
+
+
+def _scope_cookies(scope: Any) -> str:
+    """The `Cookie` fields of an ASGI request as one list. HTTP/2 clients send one field per
+    cookie; the ASGI spec says they join with "; ", but Django's `ASGIRequest` (5.2, ticket
+    #36399) joins them with "," in `request.META`, which would lose the session cookie."""
+    return "; ".join(
+        value.decode("latin-1") for name, value in scope["headers"] if name == b"cookie"
+    )
 
 
 def _reject(rejection: Rejection) -> HttpResponse:

@@ -1,0 +1,177 @@
+"""ID injection: a client cannot make a response carry a header or cookie it chose.
+
+Whatever a client puts in the session header or cookie (CR/LF, NUL, NEL, U+2028, cookie
+attributes, a second cookie, percent-encoded CR/LF), alone or after a valid ID, in every
+adapter: the response has the same header names as a response to a clean request, one
+`Set-Cookie` with exactly the package's attributes, the session header is a fresh UUID v4,
+and nothing the client sent shows anywhere. Nor can request headers a client controls
+(`Host`, `X-Forwarded-Proto`) change the cookie's attributes.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import pytest
+from freeplay import Freeplay
+
+from freeplay_integrations import ConfigurationError
+from freeplay_integrations.wsgi import FreeplaySessionMiddleware
+from tests._adapters import (
+    ADAPTERS,
+    COOKIE,
+    COOKIE_ATTRIBUTES,
+    HEADER,
+    HEADER_KEY,
+    INJECTIONS,
+    Driver,
+    Reply,
+    open_driver,
+    reference_cookie,
+    reference_session_id,
+    reference_sign,
+    reference_unsign,
+    session_cookie,
+)
+
+SECRET = "injection-secret-000000000001"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028]")
+
+
+def _wire(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+def _payloads() -> list[str]:
+    """Each injection alone, after a valid ID, and after a validly signed ID."""
+    session_id = str(uuid.uuid4())
+    signed = reference_sign(session_id, SECRET)
+    return [p for i in INJECTIONS for p in (i, session_id + i, signed + i)]
+
+
+def _names(reply: Reply) -> list[str]:
+    return sorted(name.lower() for name, _ in reply.headers)
+
+
+def assert_clean(
+    reply: Reply, reference: Reply, sent: str, resumed: str | None, *, signed: bool
+) -> None:
+    """`reply` is `reference` (a response to a clean request) but for the session, which is
+    `resumed` when given, else a new one the client did not choose."""
+    assert reply.status == 200
+    assert not reply.left_bound
+    assert _names(reply) == _names(reference), "the response gained or lost a header"
+    for name, value in reply.headers:
+        assert not _CONTROL.search(value), f"control character in {name}: {value!r}"
+        assert "evil" not in value.lower(), f"{name}: {value!r}"
+    assert b"evil" not in reply.body.lower()
+    [token] = reply.all(HEADER)
+    session_id = reply.body.decode()
+    assert reference_session_id(session_id) == session_id
+    assert token == (reference_sign(session_id, SECRET) if signed else session_id)
+    if resumed is not None:
+        assert session_id == resumed
+    else:
+        assert session_id not in sent.lower(), "the client chose the session"
+    [set_cookie] = reply.all("Set-Cookie")
+    assert session_cookie(set_cookie) == (COOKIE, token, COOKIE_ATTRIBUTES)
+
+
+def _send(driver: Driver, where: str, payload: str, signed: bool) -> tuple[Reply, str | None]:
+    """The reply to `payload` in the header or the cookie, and the session the reference
+    says it names (a cookie's value ends at `;`: `<id>; Domain=x` is `<id>` and a cookie
+    named `Domain`)."""
+    if where == "header":
+        reply = driver.request([(HEADER_KEY, _wire(payload))])
+        value: str | None = payload
+    else:
+        cookie = f"theme=dark; {COOKIE}={payload}"
+        reply = driver.request([(b"cookie", _wire(cookie))])
+        value = reference_cookie(cookie, COOKIE)
+    if not value:
+        return reply, None
+    return reply, reference_unsign(value, [SECRET]) if signed else reference_session_id(value)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["plain", "signed"])
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_injected_headers_and_attributes_never_reach_the_response(
+    adapter: str, signed: bool
+) -> None:
+    options: dict[str, Any] = {"signing_secret": SECRET} if signed else {}
+    with open_driver(adapter, **options) as driver:
+        reference = driver.request([])
+        for payload in _payloads():
+            for where in ("header", "cookie"):
+                reply, resumed = _send(driver, where, payload, signed)
+                assert_clean(reply, reference, payload, resumed, signed=signed)
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_headers_a_client_controls_do_not_change_the_cookie(adapter: str) -> None:
+    spoofed = [
+        (b"host", b"evil.example"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"evil.example"),
+        (b"forwarded", b"proto=https;host=evil.example"),
+    ]
+    with open_driver(adapter) as driver:
+        reference = driver.request([])
+        reply = driver.request(spoofed)
+        assert session_cookie(reply.all("Set-Cookie")[0])[2] == COOKIE_ATTRIBUTES  # no Secure
+        assert _names(reply) == _names(reference)
+        assert "evil" not in reply.text().lower()
+
+
+def test_the_check_sees_an_injected_header() -> None:
+    """`assert_clean` fails on a response a client managed to add a header to."""
+    session_id = str(uuid.uuid4())
+    clean_headers = (
+        (HEADER, session_id),
+        ("Set-Cookie", f"{COOKIE}={session_id}; {'; '.join(sorted(COOKIE_ATTRIBUTES))}"),
+    )
+    reference = Reply(200, clean_headers, session_id.encode(), False)
+    assert_clean(reference, reference, "x", None, signed=False)
+    injected = Reply(200, (*clean_headers, ("X-Evil", "1")), session_id.encode(), False)
+    with pytest.raises(AssertionError, match="gained or lost a header"):
+        assert_clean(injected, reference, "x", None, signed=False)
+    attribute = Reply(
+        200,
+        (clean_headers[0], ("Set-Cookie", clean_headers[1][1] + "; Domain=evil.example")),
+        session_id.encode(),
+        False,
+    )
+    with pytest.raises(AssertionError, match=r"Domain=evil\.example"):
+        assert_clean(attribute, reference, "x", None, signed=False)
+
+
+# -- what the configuration can put in a header ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("session_header", "X-Session\r\nX-Evil: 1"),
+        ("session_header", "X Session"),
+        ("session_cookie", "sid\r\nSet-Cookie: evil=1"),
+        ("session_cookie", "sid;Domain=evil.example"),
+        ("cookie_domain", "example.com; Secure"),
+        ("cookie_domain", "example.com\r\nX-Evil: 1"),
+        ("cookie_path", "/chat; Domain=evil.example"),
+        ("cookie_path", "/chat\nX-Evil: 1"),
+        ("cookie_samesite", "Lax; Domain=evil.example"),
+    ],
+)
+def test_header_and_cookie_settings_cannot_inject_either(option: str, value: str) -> None:
+    with pytest.raises(ConfigurationError, match=f"`{option}=`"):
+        FreeplaySessionMiddleware(
+            lambda environ, start_response: [],
+            client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
+            project_id="p",
+            **{option: value},
+        )

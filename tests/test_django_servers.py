@@ -197,6 +197,23 @@ def _read_first_line_and_hang_up(base: str, path: str) -> dict[str, Any]:
     return first
 
 
+@pytest.mark.anyio
+async def test_a_session_cookie_in_its_own_cookie_field_is_found_under_uvicorn(
+    settings: SettingsWrapper,
+) -> None:
+    # HTTP/2 clients send one Cookie field per cookie; Django's ASGIRequest joins repeated
+    # fields with "," in request.META (Django 5.2), the ASGI spec with "; ".
+    session_id = str(uuid.uuid4())
+    with serve_asgi(get_asgi_application()) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            response = await client.get(
+                "/async/",
+                headers=[("Cookie", "theme=dark"), ("Cookie", f"freeplay_session_id={session_id}")],
+            )
+    assert response.json()["before"]["current"] == session_id
+    assert response.headers[HEADER] == session_id
+
+
 def _wait_for_events(key: str, event: str) -> list[str]:
     deadline = time.monotonic() + 10
     while event not in EVENTS[key]:

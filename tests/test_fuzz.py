@@ -28,16 +28,17 @@ import random
 import re
 import string
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests import _hypothesis  # noqa: F401  (loads the profile HYPOTHESIS_PROFILE names)
+from tests import _hypothesis  # loads the profile HYPOTHESIS_PROFILE names
 from tests._adapters import (
     ADAPTERS,
     COOKIE,
@@ -304,12 +305,14 @@ def requests(
     """A request as a browser or a script sends it (a third of them), or a hostile one."""
     scheme = draw(st.sampled_from(("http", "https")))
     if draw(st.integers(0, 2)) == 0:  # the header, the cookie or both; mostly valid
-        either = st.one_of(valid, values)
         plain = []
-        if draw(st.booleans()):
-            plain.append((HEADER_KEY, draw(either)))
-        if draw(st.booleans()):
-            plain.append((b"cookie", b"theme=dark; " + COOKIE.encode() + b"=" + draw(either)))
+        for where in ("header", "cookie"):
+            if draw(st.booleans()):
+                value = draw(valid) if draw(st.integers(0, 3)) else draw(values)
+                if where == "header":
+                    plain.append((HEADER_KEY, value))
+                else:
+                    plain.append((b"cookie", b"theme=dark; " + COOKIE.encode() + b"=" + value))
         return Case(tuple(plain), scheme)
     headers: list[tuple[bytes, bytes]] = []
     repeats = draw(st.one_of(st.integers(0, 2), st.integers(3, 60)))
@@ -412,15 +415,32 @@ def check(driver: Driver, mode: str, case: Case, known: str) -> Reply:
 def fuzz(
     adapter: str, mode: str, values: st.SearchStrategy[bytes], valid: st.SearchStrategy[bytes]
 ) -> None:
+    """Run the property for `adapter` in `mode`, and check it ran the profile's number of
+    examples and met every outcome (a resumed session, an invalid value, no value)."""
+    outcomes: Counter[str] = Counter()
     with open_driver(adapter, **MODES[mode]) as driver:
         known = baseline(driver, mode)
 
+        session_id = str(uuid.uuid4())
+        token = reference_sign(session_id, SECRETS[1]) if mode == "signed" else session_id
+
+        # Every outcome at least once, whatever the draw: a resumed session (header and
+        # quoted cookie), no value, an invalid one.
         @settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
         @given(case=requests(values, valid))
+        @example(case=Case(((HEADER_KEY, token.upper().encode()),), "https"))
+        @example(case=Case(((b"cookie", f'a=b; {COOKIE}="{token}"'.encode()),), "http"))
+        @example(case=Case((), "http"))
+        @example(case=Case(((HEADER_KEY, b"\r\nX-Evil: 1"),), "http"))
         def property_(case: Case) -> None:
             check(driver, mode, case, known)
+            outcomes[expected(driver, mode, case.headers)[0]] += 1
 
         property_()
+    total = sum(outcomes.values())
+    print(f"fuzz: {adapter} {mode}: {total} examples {dict(sorted(outcomes.items()))}")
+    assert total >= _hypothesis.examples()
+    assert set(outcomes) == {"resume", "invalid", "none"}
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)

@@ -4,8 +4,9 @@ Whatever a client puts in the session header or cookie (CR/LF, NUL, NEL, U+2028,
 attributes, a second cookie, percent-encoded CR/LF), alone or after a valid ID, in every
 adapter: the response has the same header names as a response to a clean request, one
 `Set-Cookie` with exactly the package's attributes, the session header is a fresh UUID v4,
-and nothing the client sent shows anywhere. Nor can request headers a client controls
-(`Host`, `X-Forwarded-Proto`) change the cookie's attributes.
+and nothing the client sent shows anywhere. The same for a websocket's accept (pure ASGI).
+Nor can request headers a client controls (`Host`, `X-Forwarded-Proto`) change the
+cookie's attributes, nor can settings put a CR/LF or an attribute into a header.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 from freeplay import Freeplay
 
-from freeplay_integrations import ConfigurationError
+from freeplay_integrations import ConfigurationError, current_session
+from freeplay_integrations.asgi import FreeplaySessionMiddleware as AsgiMiddleware
 from freeplay_integrations.wsgi import FreeplaySessionMiddleware
 from tests._adapters import (
     ADAPTERS,
@@ -175,3 +177,84 @@ def test_header_and_cookie_settings_cannot_inject_either(option: str, value: str
             project_id="p",
             **{option: value},
         )
+
+
+# -- websockets (pure ASGI) ------------------------------------------------------------------
+
+
+async def _websocket_app(scope: Any, receive: Any, send: Any) -> None:
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept", "headers": [(b"x-app", b"1")]})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+async def _connect(app: Any, headers: list[tuple[bytes, bytes]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "scheme": "ws",
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "subprotocols": [],
+    }
+    connected = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal connected
+        if not connected:
+            connected = True
+            return {"type": "websocket.connect"}
+        return {"type": "websocket.disconnect", "code": 1000}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    assert current_session() is None
+    return sent
+
+
+@pytest.mark.anyio
+async def test_websocket_accept_carries_no_injected_header() -> None:
+    app = AsgiMiddleware(
+        _websocket_app,
+        client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
+        project_id="p",
+    )
+    for payload in _payloads():
+        for field in (HEADER_KEY, b"cookie"):
+            value = _wire(payload if field == HEADER_KEY else f"{COOKIE}={payload}")
+            accept, close = await _connect(app, [(field, value)])
+            assert accept["type"] == "websocket.accept" and close["type"] == "websocket.close"
+            headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in accept["headers"]]
+            assert sorted(k for k, _ in headers) == sorted(
+                ["x-app", "access-control-expose-headers", HEADER.lower(), "set-cookie"]
+            )
+            for name, text in headers:
+                assert not _CONTROL.search(text) and "evil" not in text.lower(), (name, text)
+            session_id = dict(headers)[HEADER.lower()]
+            assert reference_session_id(session_id) == session_id
+            # The cookie carries a valid ID's cookie (`<id>; Domain=...` is `<id>`); a
+            # header value with an injection is invalid: a new session.
+            if field == HEADER_KEY:
+                assert session_id not in payload.lower()
+            name, cookie, attributes = session_cookie(dict(headers)["set-cookie"])
+            assert (name, cookie, attributes) == (COOKIE, session_id, COOKIE_ATTRIBUTES)
+
+
+@pytest.mark.anyio
+async def test_a_refused_websocket_is_closed_without_echoing_the_value() -> None:
+    app = AsgiMiddleware(
+        _websocket_app,
+        client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
+        project_id="p",
+        on_invalid="reject",
+    )
+    for payload in INJECTIONS:
+        [close] = await _connect(app, [(HEADER_KEY, _wire(payload))])
+        assert close["type"] == "websocket.close" and close["code"] == 1008
+        assert close["reason"] == "Invalid Freeplay session ID."

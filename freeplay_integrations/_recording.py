@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import re
+import signal
 import threading
 import time
 import weakref
@@ -43,6 +44,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from datetime import datetime
+from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
@@ -83,6 +85,7 @@ __all__ = [
     "classify",
     "configure_recording",
     "flush",
+    "prepare_recorder",
     "read_spool",
     "recorder_for",
     "recorder_stats",
@@ -1174,14 +1177,61 @@ def flush(timeout: float | None = None) -> bool:
 # -- process hooks: exit and fork -------------------------------------------------------
 
 
+def prepare_recorder(client: Freeplay) -> Recorder:
+    """`recorder_for(client)`, called by the adapters when the app is built.
+
+    Creating the recorder at start-up rather than at the first recording installs the
+    process hooks from the thread that builds the app: usually the main thread, the only
+    one that may set a signal handler (the first recording may happen in any thread).
+    """
+    recorder = recorder_for(client)
+    _install_sigterm_handler()
+    return recorder
+
+
 def _install_process_hooks() -> None:
     global _hooks_installed
+    _install_sigterm_handler()
     if _hooks_installed:
         return
     _hooks_installed = True
     atexit.register(_at_exit)
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+#: Exit status of a process stopped by the recorder's SIGTERM handler: what a shell
+#: reports for a process killed by SIGTERM.
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+def _install_sigterm_handler() -> None:
+    """Make SIGTERM a normal exit, so that the exit flush runs, when nobody handles it.
+
+    Python's default action for SIGTERM ends the process at once: no `finally`, no
+    `atexit`, and whatever the recorder still holds is lost. Servers that handle SIGTERM
+    themselves (uvicorn, gunicorn, hypercorn, Celery) keep their handler: this is only
+    installed over the default action (waitress, a bare `wsgiref`, scripts), and only from
+    the main thread. Your own handler, installed before or after, takes precedence.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        return
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM, nobody else handling it: exit like Ctrl-C does, by raising in the main thread.
+
+    `finally` blocks and `atexit` handlers run, the recorder's included: it delivers what is
+    queued, or spools it, within `shutdown_timeout`. A second SIGTERM ends the process at
+    once, as Python's default action does.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(SIGTERM_EXIT_STATUS)
 
 
 def _at_exit() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from ._config import Settings
 from ._context import SessionBinding
 from ._ids import parse_session_id
+from ._recording import prepare_recorder
 
 __all__ = [
     "INVALID_ID_REASON",
@@ -89,6 +90,9 @@ class SessionResolver:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Every adapter builds its resolver at start-up: the recorder's exit hooks
+        # (SIGTERM included) go in place now, from the thread that builds the app.
+        prepare_recorder(settings.client)
         self.header_name = settings.header_name
         self.header_name_lower = settings.header_name.lower() if settings.header_name else None
         self.cookie_name = settings.cookie_name

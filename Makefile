@@ -42,5 +42,9 @@ demo-fastapi demo-flask demo-django: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/asgi_overhead.py
 
+# Load, faults and SIGTERM in every adapter over real servers; rewrites RELIABILITY.md.
+reliability: $(STAMP)
+	$(BIN)/python bench/reliability.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._errors import NoActiveSessionError
 from ._ids import Signer, parse_session_id
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from freeplay.resources.sessions import Session, TraceInfo
 
 __all__ = [
+    "Scope",
     "SessionBinding",
     "current_binding",
     "current_session",
@@ -233,7 +234,43 @@ def unbind_trace(token: Token[TraceInfo | None]) -> None:
     _trace.reset(token)
 
 
-class session_scope:
+T = TypeVar("T")
+
+
+class Scope(Generic[T]):
+    """A context manager for both `with` and `async with`: subclasses define `_enter()`
+    (what the block gets) and `_exit()` (run also when the block raises)."""
+
+    def _enter(self) -> T:
+        raise NotImplementedError
+
+    def _exit(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> T:
+        return self._enter()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit()
+
+    async def __aenter__(self) -> T:
+        return self._enter()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._exit()
+
+
+class session_scope(Scope["Session"]):
     """Bind a session outside a web request: workers, scripts, tests.
 
     ``session_id`` resumes that session (a UUID v4), otherwise a new one is started.
@@ -277,25 +314,3 @@ class session_scope:
 
     def _exit(self) -> None:
         unbind(self._tokens.pop())
-
-    def __enter__(self) -> Session:
-        return self._enter()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit()
-
-    async def __aenter__(self) -> Session:
-        return self._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit()

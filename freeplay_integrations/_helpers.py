@@ -13,7 +13,7 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -21,7 +21,14 @@ from freeplay.model import FeedbackValue, JSONValue, SpanKind, TestRunInfo
 from freeplay.resources.recordings import RecordPayload, RecordResponse
 from freeplay.resources.sessions import TraceInfo
 
-from ._context import SessionBinding, bind_trace, current_binding, current_trace, unbind_trace
+from ._context import (
+    Scope,
+    SessionBinding,
+    bind_trace,
+    current_binding,
+    current_trace,
+    unbind_trace,
+)
 from ._errors import ConfigurationError, NoActiveSessionError
 from ._recording import (
     COMPLETION,
@@ -193,7 +200,7 @@ class TraceHandle(TraceInfo):
             self.test_run_info = test_run_info
 
 
-class trace_scope:
+class trace_scope(Scope[TraceHandle]):
     """Open a trace on the bound session for the block; recordings in it are its children.
 
     ::
@@ -283,32 +290,10 @@ class trace_scope:
                 unbind_trace(token)
             except ValueError:
                 # Entered in another copy of the context (a generator stepped in fresh
-                # copies, see _trace): that copy is gone. Here, only make sure the closed
+                # copies, see current_trace): that copy is gone. Here, only make sure the closed
                 # trace is not left current.
                 if current_trace() is handle:
                     bind_trace(_parent_of(handle, binding))
-
-    def __enter__(self) -> TraceHandle:
-        return self._enter()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit()
-
-    async def __aenter__(self) -> TraceHandle:
-        return self._enter()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._exit()
 
 
 def _parent_of(handle: TraceHandle, binding: SessionBinding) -> TraceInfo | None:

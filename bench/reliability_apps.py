@@ -9,7 +9,10 @@ serves the adapter's app on a free loopback port and prints `LISTENING <port>`. 
   does (the middleware flushes recordings at lifespan shutdown).
 - `django-asgi`: Django (async views) under uvicorn, the app built before the server starts,
   as gunicorn's uvicorn worker does (Django has no lifespan: the recorder's exit hook
-  flushes). Under the bare `uvicorn` command see RELIABILITY.md.
+  flushes).
+- `django-asgi-command`: the same Django app loaded as the bare `uvicorn` command does, with
+  the lifespan that RELIABILITY.md gives for that case (Django has none of its own, and
+  uvicorn ends the process with SIGTERM's default action).
 - `django-wsgi`: Django (sync views) under waitress.
 - `flask`: Flask with `FreeplaySessions` under waitress.
 
@@ -71,12 +74,14 @@ from freeplay_integrations._helpers import TraceHandle
 __all__ = [
     "ADAPTERS",
     "CONTROL_PREFIX",
+    "DEFAULT_ADAPTERS",
     "ENV_PLANT_LEAK",
     "ENV_RECORD_LOG",
     "ENV_SHUTDOWN_TIMEOUT",
     "MODES",
     "create_asgi_app",
     "create_django_asgi_app",
+    "create_django_asgi_command_app",
     "create_django_wsgi_app",
     "create_flask_app",
     "leaks",
@@ -89,7 +94,10 @@ ADAPTERS = {
     "django-asgi": "uvicorn",
     "django-wsgi": "waitress",
     "flask": "waitress",
+    "django-asgi-command": "uvicorn",
 }
+#: The adapters of a full run (`django-asgi-command` checks a workaround, see below).
+DEFAULT_ADAPTERS = ("asgi", "django-asgi", "django-wsgi", "flask")
 #: What a turn does with its recordings; see the module documentation.
 MODES = ("plain", "stream", "background", "stream-sync")
 #: Path prefix of the control endpoints; excluded from the middleware.
@@ -484,6 +492,27 @@ def create_django_asgi_app() -> Any:
     return ASGIHandler()
 
 
+def create_django_asgi_command_app() -> Any:
+    """Django's ASGI app with a lifespan that flushes at shutdown (as in RELIABILITY.md)."""
+    import anyio.to_thread
+
+    django_application = create_django_asgi_app()
+
+    async def application(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            return await django_application(scope, receive, send)  # type: ignore[no-any-return]
+        while True:  # Django has no lifespan: answer it, and flush recordings at shutdown
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(flush, 10)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return application
+
+
 # -- Flask ----------------------------------------------------------------------------------
 
 
@@ -542,6 +571,7 @@ _UVICORN_APPS: dict[str, Any] = {
     "asgi": "reliability_apps:create_asgi_app",
     # Built first (as gunicorn's UvicornWorker loads the app before serving).
     "django-asgi": create_django_asgi_app,
+    "django-asgi-command": "reliability_apps:create_django_asgi_command_app",
 }
 _WSGI_FACTORIES: dict[str, Callable[[], Any]] = {
     "django-wsgi": create_django_wsgi_app,
@@ -574,6 +604,11 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             access_log=False,
             backlog=4096,
+            # At saturation the event loop can lag more than uvicorn's 5 s keep-alive timeout:
+            # it then closes connections that already carry the client's next request
+            # ("Server disconnected without sending a response"). A load generator keeps its
+            # connections busy; real clients retry. Not what is measured here.
+            timeout_keep_alive=300,
         )
         server = uvicorn.Server(config)
         print(f"LISTENING {port}", flush=True)

@@ -9,6 +9,7 @@ a load process, recording into the local Freeplay server.
   any context, `flush(timeout)` returns within its timeout, latency stays close.
 - SIGTERM mid-run with Freeplay hung: what the app recorded is delivered or in the spool
   when the process is gone, whatever the server (uvicorn, waitress); the replay delivers it.
+  Also for Django under the bare `uvicorn` command with the lifespan RELIABILITY.md gives.
 - The checks themselves catch what they look for: a misplaced, lost or doubled recording,
   a session left bound in a worker thread.
 - The recorder's SIGTERM handler: only over Python's default action, only from the main
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 
 from bench.reliability import ROOT, App, Outcome, Size, judge, run_scenario
-from bench.reliability_apps import ADAPTERS, CONTROL_PREFIX, ENV_PLANT_LEAK
+from bench.reliability_apps import ADAPTERS, CONTROL_PREFIX, DEFAULT_ADAPTERS, ENV_PLANT_LEAK
 from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS
 from freeplay_integrations.local import LocalFreeplay
 
@@ -81,7 +82,7 @@ def assert_clean(outcome: Outcome) -> None:
     assert outcome.exit_seconds <= outcome.exit_limit
 
 
-@pytest.mark.parametrize("adapter", sorted(ADAPTERS))
+@pytest.mark.parametrize("adapter", DEFAULT_ADAPTERS)
 def test_load_then_faults_lose_and_misplace_nothing(adapter: str, tmp_path: Path) -> None:
     baseline = run_scenario(adapter, "load", SMALL, workdir=tmp_path)
     assert_clean(baseline)

@@ -73,6 +73,7 @@ __all__ = [
     "DELETE_SESSION",
     "ENV_SPOOL_PATH",
     "SESSION_METADATA",
+    "SIGTERM_EXIT_STATUS",
     "TRACE",
     "TRACE_FEEDBACK",
     "TRACE_METADATA",

@@ -36,8 +36,6 @@ from bench.reliability_apps import ADAPTERS, CONTROL_PREFIX, DEFAULT_ADAPTERS, E
 from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS
 from freeplay_integrations.local import LocalFreeplay
 
-pytestmark = pytest.mark.slow
-
 SMALL = Size(
     conversations=40,
     requests=3,
@@ -82,6 +80,7 @@ def assert_clean(outcome: Outcome) -> None:
     assert outcome.exit_seconds <= outcome.exit_limit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", DEFAULT_ADAPTERS)
 def test_load_then_faults_lose_and_misplace_nothing(adapter: str, tmp_path: Path) -> None:
     baseline = run_scenario(adapter, "load", SMALL, workdir=tmp_path)
@@ -101,6 +100,7 @@ def test_load_then_faults_lose_and_misplace_nothing(adapter: str, tmp_path: Path
     assert faulted.delivered + faulted.spooled >= faulted.sent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("adapter", sorted(ADAPTERS))
 def test_sigterm_mid_run_delivers_or_spools_everything(adapter: str, tmp_path: Path) -> None:
     outcome = run_scenario(adapter, "sigterm", SIGTERM_RUN, workdir=tmp_path)

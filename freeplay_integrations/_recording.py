@@ -71,6 +71,7 @@ __all__ = [
     "COMPLETION_FEEDBACK",
     "DEFAULT_SPOOL_PATH",
     "DELETE_SESSION",
+    "ENV_HANDLE_SIGTERM",
     "ENV_SPOOL_PATH",
     "SESSION_METADATA",
     "SIGTERM_EXIT_STATUS",
@@ -1201,6 +1202,10 @@ def _install_process_hooks() -> None:
         os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+#: Set to "0" to keep Python's default SIGTERM action (the recorder then cannot flush
+#: when the process is stopped with SIGTERM, unless your server handles it).
+ENV_HANDLE_SIGTERM = "FREEPLAY_HANDLE_SIGTERM"
+
 #: Exit status of a process stopped by the recorder's SIGTERM handler: what a shell
 #: reports for a process killed by SIGTERM.
 SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
@@ -1215,6 +1220,8 @@ def _install_sigterm_handler() -> None:
     installed over the default action (waitress, a bare `wsgiref`, scripts), and only from
     the main thread. Your own handler, installed before or after, takes precedence.
     """
+    if os.environ.get(ENV_HANDLE_SIGTERM, "1") == "0":
+        return
     if threading.current_thread() is not threading.main_thread():
         return
     try:

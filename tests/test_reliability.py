@@ -199,7 +199,7 @@ def test_hygiene_probes_catch_a_session_left_bound_in_a_worker_thread(tmp_path: 
 # -- the recorder's SIGTERM handler ----------------------------------------------------------
 
 HANDLERS = """
-    import json, signal, threading
+    import json, os, signal, threading
     from freeplay import Freeplay
     from freeplay_integrations import _recording
     from freeplay_integrations.wsgi import FreeplaySessionMiddleware
@@ -227,6 +227,10 @@ HANDLERS = """
     build()
     seen["own handler kept"] = signal.getsignal(signal.SIGTERM) is mine
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.environ[_recording.ENV_HANDLE_SIGTERM] = "0"
+    build()
+    seen["opted out"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    del os.environ[_recording.ENV_HANDLE_SIGTERM]
     build()
     seen["installed over the default"] = (
         signal.getsignal(signal.SIGTERM) is _recording._on_sigterm
@@ -248,6 +252,7 @@ def test_sigterm_handler_is_installed_only_over_the_default_from_the_main_thread
         "built in a thread": True,
         "SIG_IGN kept": True,
         "own handler kept": True,
+        "opted out": True,
         "installed over the default": True,
     }
 

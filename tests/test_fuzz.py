@@ -126,7 +126,7 @@ FORMS: tuple[Callable[[str], str], ...] = (
     lambda s: s[:19] + "c" + s[20:],  # variant nibble
     lambda s: '"' + s,
     lambda s: "'" + s + "'",
-    lambda s: s.replace("a", "\xe1"),
+    lambda s: "\xe1" + s[1:],  # a non-ASCII look-alike of a hex letter
     lambda s: s + "0" * 5000,
 )
 

@@ -14,7 +14,6 @@ unhandled exception with its own plain 500 carrying the session, before re-raisi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 try:
@@ -26,21 +25,14 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[starlette]'"
     ) from exc
 
+from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
 from ._recording import flush
 from ._web import Rejection, SessionResolver
 
-__all__ = ["FreeplaySessionMiddleware"]
+__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "FreeplaySessionMiddleware"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: How long lifespan shutdown waits for background recordings to be delivered.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
 #: WebSocket close code for a connection refused for an invalid session ID (policy).
 WS_POLICY_VIOLATION = 1008
 

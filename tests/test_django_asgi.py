@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import time
 from typing import Any
 
@@ -74,3 +77,25 @@ async def test_http_requests_go_to_django() -> None:
     await app(scope, receive, send)
     assert messages[0]["type"] == "http.response.start"
     assert messages[0]["status"] == 404  # answered by Django's own URL resolver
+
+
+def test_needs_only_the_django_extra() -> None:
+    # The `django` extra brings Django and asgiref, not anyio or Starlette.
+    code = textwrap.dedent(
+        """
+        import importlib.abc, sys
+
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] in {"anyio", "starlette"}:
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Block())
+        from freeplay_integrations.django.asgi import get_asgi_application
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -15,24 +15,13 @@ It answers lifespan startup at once, and at shutdown waits (in a worker thread, 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-
-import anyio.to_thread
+from asgiref.sync import sync_to_async
 from django.core.asgi import get_asgi_application as get_django_asgi_application
 
+from .._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Receive, Scope, Send
 from .._recording import flush
 
-__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "get_asgi_application", "with_recording_lifespan"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-#: How long lifespan shutdown waits for background recordings, as the ASGI middleware does.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
+__all__ = ["get_asgi_application", "with_recording_lifespan"]
 
 
 def with_recording_lifespan(
@@ -49,7 +38,7 @@ def with_recording_lifespan(
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await anyio.to_thread.run_sync(flush, shutdown_timeout)
+                await sync_to_async(flush, thread_sensitive=False)(shutdown_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 from types import FrameType
 from typing import Any
 from uuid import UUID, uuid4
@@ -40,6 +40,7 @@ from ._recording import (
     TRACE_METADATA,
     Operation,
     recorder_for,
+    trace_to_json,
 )
 
 __all__ = [
@@ -262,23 +263,7 @@ class trace_scope(Scope[TraceHandle]):
     def _exit(self) -> None:
         handle, binding, token = self._stack.pop()
         try:
-            test_run = handle.test_run_info
-            data = {
-                "trace_id": handle.trace_id,
-                "input": handle.input,
-                "output": handle.output,
-                "parent_id": None if handle.parent_id is None else str(handle.parent_id),
-                "agent_name": handle.agent_name,
-                "custom_metadata": handle.custom_metadata,
-                "eval_results": handle.eval_results,
-                "test_run_info": None
-                if test_run is None
-                else {"test_run_id": test_run.test_run_id, "test_case_id": test_run.test_case_id},
-                "kind": handle.kind,
-                "name": handle.name,
-                "start_time": handle.start_time.isoformat(),
-                "end_time": datetime.now(timezone.utc).isoformat(),
-            }
+            data = trace_to_json(handle, handle.output, handle.eval_results, handle.test_run_info)
             _send(binding, Operation(TRACE, handle.project_id, handle.session_id, data))
             for op in handle._after:
                 _send(binding, op)

@@ -43,7 +43,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import datetime, timezone
 from types import FrameType
 from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
@@ -92,6 +92,7 @@ __all__ = [
     "recorder_for",
     "recorder_stats",
     "replay_spool",
+    "trace_to_json",
 ]
 
 logger = logging.getLogger("freeplay_integrations.recording")
@@ -391,6 +392,32 @@ def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
+def _test_run_to_json(test_run: TestRunInfo | None) -> dict[str, str] | None:
+    if test_run is None:
+        return None
+    return {"test_run_id": test_run.test_run_id, "test_case_id": test_run.test_case_id}
+
+
+def trace_to_json(
+    trace: TraceInfo, output: Any, eval_results: Any, test_run: Any
+) -> dict[str, Any]:
+    """What `record_trace` sends for `trace`, ending now, as JSON (a TRACE operation's data)."""
+    return {
+        "trace_id": trace.trace_id,
+        "input": trace.input,
+        "output": output,
+        "parent_id": _str_or_none(trace.parent_id),
+        "agent_name": trace.agent_name,
+        "custom_metadata": trace.custom_metadata,
+        "eval_results": eval_results,
+        "test_run_info": _test_run_to_json(test_run),
+        "kind": trace.kind,
+        "name": trace.name,
+        "start_time": trace.start_time.isoformat(),
+        "end_time": datetime.now(timezone.utc).isoformat(),
+    }
+
+
 def _completion_to_json(payload: RecordPayload) -> dict[str, Any]:
     """Everything `recordings.create` sends, as JSON (what `_completion_from_json` reads)."""
     call = payload.call_info
@@ -443,9 +470,7 @@ def _completion_to_json(payload: RecordPayload) -> dict[str, Any]:
             "prompt_tokens": response.prompt_tokens,
             "response_tokens": response.response_tokens,
         },
-        "test_run_info": None
-        if test_run is None
-        else {"test_run_id": test_run.test_run_id, "test_case_id": test_run.test_case_id},
+        "test_run_info": _test_run_to_json(test_run),
         "eval_results": payload.eval_results,
         "parent_id": _str_or_none(payload.parent_id),
         "completion_id": _str_or_none(payload.completion_id),

@@ -48,6 +48,7 @@ class SessionBinding:
         "_metadata",
         "_session",
         "_session_id",
+        "_token",
         "changed",
         "client",
         "ended",
@@ -77,6 +78,7 @@ class SessionBinding:
             raise TypeError("SessionBinding needs a session or a session_id")
         self._session = session
         self._metadata = custom_metadata
+        self._token: str | None = None
         self.client = client
         self.project_id = project_id
         self.recording = recording
@@ -110,9 +112,13 @@ class SessionBinding:
     @property
     def token(self) -> str:
         """The value clients send back: the session ID, signed when a secret is set."""
-        if self.signer is None:
-            return self.session_id
-        return self.signer.sign(self.session_id)
+        signer = self.signer
+        if signer is None:
+            return self._session_id
+        token = self._token
+        if token is None or not token.startswith(self._session_id):
+            token = self._token = signer.sign(self._session_id)
+        return token
 
     def replace(self, custom_metadata: Mapping[str, Any] | None = None) -> Session:
         """Start a new session for the rest of this request and for the response."""

@@ -1,25 +1,33 @@
-"""Session IDs: UUID v4 validation and optional HMAC signing of the value sent to clients."""
+"""Session IDs: UUID v4 validation, generation, and optional HMAC signing of the value sent
+to clients."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+import os
 import re
+import time
 from collections.abc import Sequence
 
-__all__ = ["MAX_ID_LENGTH", "Signer", "parse_session_id"]
+__all__ = ["MAX_ID_LENGTH", "SIGNING_PURPOSE", "Signer", "new_session_id", "parse_session_id"]
 
 #: Longest value looked at before parsing; anything longer is invalid without more work.
 MAX_ID_LENGTH = 64
+#: What the signing key is derived for: a secret reused elsewhere (Django's `SECRET_KEY`)
+#: signs nothing there that verifies here, and the other way round.
+SIGNING_PURPOSE = b"freeplay_integrations.session-id.v2"
 
 _UUID4 = re.compile(
     r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
     re.ASCII | re.IGNORECASE,
 )
 _SIGNATURE_LENGTH = 43  # base64url of a SHA-256 digest, without padding
-#: A signed value is `<uuid>.<signature>`.
-MAX_TOKEN_LENGTH = 36 + 1 + _SIGNATURE_LENGTH
+_MAX_STAMP_LENGTH = 8  # base 36 seconds since the epoch: 7 digits until the year 4453
+_DIGITS36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: A signed value is `<uuid>.<issued, base 36 seconds>.<signature>`.
+MAX_TOKEN_LENGTH = 36 + 1 + _MAX_STAMP_LENGTH + 1 + _SIGNATURE_LENGTH
 
 
 def parse_session_id(value: str) -> str | None:
@@ -33,40 +41,79 @@ def parse_session_id(value: str) -> str | None:
     return value.lower()
 
 
+def new_session_id() -> str:
+    """A random UUID v4, canonical form (what `sessions.create()` would pick), made cheaply."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+
+
+def _base36(number: int) -> str:
+    digits = []
+    while True:
+        number, digit = divmod(number, 36)
+        digits.append(_DIGITS36[digit])
+        if not number:
+            return "".join(reversed(digits))
+
+
 class Signer:
     """Signs session IDs with HMAC-SHA256: sign with the first secret, accept any of them.
 
     A list of secrets allows key rotation: put the new secret first and keep the old ones
-    until every client has been answered with a value signed by the new one.
+    until every client has been answered with a value signed by the new one. The HMAC key is
+    derived from each secret for this one purpose (`SIGNING_PURPOSE`). A token carries the
+    time it was issued; with `max_age` (seconds), older tokens are refused on read.
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "max_age", "secrets")
 
-    def __init__(self, secrets: Sequence[str | bytes]) -> None:
-        self._keys = tuple(s.encode() if isinstance(s, str) else bytes(s) for s in secrets)
+    def __init__(self, secrets: Sequence[str | bytes], *, max_age: int | None = None) -> None:
+        self.secrets = tuple(secrets)
+        self._keys = tuple(
+            hmac.new(
+                s.encode() if isinstance(s, str) else bytes(s), SIGNING_PURPOSE, "sha256"
+            ).digest()
+            for s in self.secrets
+        )
         if not self._keys:
             raise ValueError("Signer needs at least one secret")
+        self.max_age = max_age
 
     @staticmethod
-    def _digest(key: bytes, session_id: str) -> str:
-        mac = hmac.new(key, session_id.encode("ascii"), hashlib.sha256).digest()
+    def _digest(key: bytes, message: str) -> str:
+        mac = hmac.new(key, message.encode("ascii"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
 
-    def sign(self, session_id: str) -> str:
-        return f"{session_id}.{self._digest(self._keys[0], session_id)}"
+    def sign(self, session_id: str, *, now: float | None = None) -> str:
+        stamp = _base36(int(time.time() if now is None else now))
+        message = f"{session_id}.{stamp}"
+        return f"{message}.{self._digest(self._keys[0], message)}"
 
-    def unsign(self, token: str) -> str | None:
-        """Return the session ID in a signed `token`, or None if it is malformed or forged."""
+    def unsign(self, token: str, *, now: float | None = None) -> str | None:
+        """Return the session ID in a signed `token`, or None if it is malformed, forged or
+        (with `max_age`) too old."""
         if len(token) > MAX_TOKEN_LENGTH:
             return None
-        raw_id, dot, signature = token.partition(".")
-        if not dot or len(signature) != _SIGNATURE_LENGTH or not signature.isascii():
+        raw_id, _, rest = token.partition(".")
+        stamp, dot2, signature = rest.partition(".")
+        if (
+            not dot2
+            or len(signature) != _SIGNATURE_LENGTH
+            or not signature.isascii()
+            or not 0 < len(stamp) <= _MAX_STAMP_LENGTH
+            or stamp.strip(_DIGITS36)
+        ):
             return None
         session_id = parse_session_id(raw_id)
         if session_id is None:
             return None
         # The signature covers the canonical ID, so the case of the ID does not matter.
-        for key in self._keys:
-            if hmac.compare_digest(self._digest(key, session_id), signature):
-                return session_id
-        return None
+        message = f"{session_id}.{stamp}"
+        if not any(hmac.compare_digest(self._digest(k, message), signature) for k in self._keys):
+            return None
+        if self.max_age is not None:
+            issued = int(stamp, 36)
+            if (time.time() if now is None else now) - issued > self.max_age:
+                return None
+        return session_id

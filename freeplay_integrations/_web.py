@@ -13,19 +13,27 @@ from typing import Any
 
 from ._config import Settings
 from ._context import SessionBinding
-from ._ids import parse_session_id
+from ._ids import new_session_id, parse_session_id
 from ._recording import prepare_recorder
 
 __all__ = [
+    "EXPIRED",
+    "EXPOSE_HEADERS",
     "INVALID_ID_REASON",
     "UNAUTHORIZED_REASON",
+    "CookieAttributes",
     "Rejection",
+    "SessionCookie",
     "SessionResolver",
     "cookie_value",
 ]
 
 logger = logging.getLogger("freeplay_integrations")
 
+#: The response header that lets browser code read the session header.
+EXPOSE_HEADERS = "Access-Control-Expose-Headers"
+#: The `Expires` of a cookie that is being removed.
+EXPIRED = "Thu, 01 Jan 1970 00:00:00 GMT"
 #: The body of a 400 answer to an invalid session ID with `on_invalid="reject"`.
 INVALID_ID_REASON = "Invalid Freeplay session ID."
 #: The body of a 403 answer to a session that `authorize_session` refused.
@@ -70,22 +78,79 @@ def cookie_value(cookie_header: str, name: str) -> str | None:
     return None
 
 
+class CookieAttributes:
+    """The attributes of the session cookie in one response kind (live or expiring, over
+    https or not), computed once; `text` is them as a `Set-Cookie` fragment."""
+
+    __slots__ = ("domain", "expires", "httponly", "max_age", "path", "samesite", "secure", "text")
+
+    def __init__(self, settings: Settings, *, secure: bool, expire: bool) -> None:
+        self.max_age = 0 if expire else settings.cookie_max_age
+        self.expires = EXPIRED if expire else None
+        self.path = settings.cookie_path
+        self.domain = settings.cookie_domain
+        self.samesite = settings.cookie_samesite
+        self.secure = secure
+        self.httponly = True
+        parts = [f"Max-Age={self.max_age}"]
+        if expire:
+            parts.append(f"Expires={EXPIRED}")
+        parts.append(f"Path={self.path}")
+        if self.domain:
+            parts.append(f"Domain={self.domain}")
+        if self.samesite:
+            parts.append(f"SameSite={self.samesite}")
+        parts.append("HttpOnly")
+        if secure:
+            parts.append("Secure")
+        self.text = "; ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<CookieAttributes {self.text}>"
+
+
+class SessionCookie:
+    """The session cookie a response sets: `name`, `value` and its `attributes`.
+
+    `header` is the whole `Set-Cookie` value, for adapters that write raw headers; Django
+    passes the parts to `response.set_cookie`.
+    """
+
+    __slots__ = ("attributes", "name", "value")
+
+    def __init__(self, name: str, value: str, attributes: CookieAttributes) -> None:
+        self.name = name
+        self.value = value
+        self.attributes = attributes
+
+    @property
+    def header(self) -> str:
+        return f"{self.name}={self.value}; {self.attributes.text}"
+
+    def __repr__(self) -> str:
+        return f"<SessionCookie {self.name}>"
+
+
 class SessionResolver:
     """Turns a request's raw values into a bound session, and a session into response values.
 
-    Everything that depends only on settings is computed here once, not per request.
+    Everything that depends only on settings is computed here once, not per request; the
+    adapters read it from here (`header_name`, `header_key`, `environ_key`, `wants_request`,
+    `echo_header`, `set_cookie`) and write what `echo`, `expose` and `cookie` return.
     """
 
     __slots__ = (
-        "_cookie_insecure",
-        "_cookie_secure",
-        "_expire_insecure",
-        "_expire_secure",
+        "_attributes",
         "cookie_name",
+        "echo_header",
+        "environ_key",
         "exclude_paths",
+        "expose_default",
+        "header_key",
         "header_name",
-        "header_name_lower",
+        "set_cookie",
         "settings",
+        "wants_request",
     )
 
     def __init__(self, settings: Settings) -> None:
@@ -93,24 +158,35 @@ class SessionResolver:
         # Every adapter builds its resolver at start-up: the recorder's exit hooks
         # (SIGTERM included) go in place now, from the thread that builds the app.
         prepare_recorder(settings.client)
-        self.header_name = settings.header_name
-        self.header_name_lower = settings.header_name.lower() if settings.header_name else None
+        header = settings.header_name
+        self.header_name = header
+        #: The session header as ASGI spells request header names (lower-case bytes).
+        self.header_key = header.lower().encode("latin-1") if header else None
+        #: The session header as WSGI and Django spell it in the environ / `request.META`;
+        #: None when the header is not a source.
+        self.environ_key = (
+            "HTTP_" + header.upper().replace("-", "_")
+            if header and "header" in settings.sources
+            else None
+        )
         self.cookie_name = settings.cookie_name
         self.exclude_paths = settings.exclude_paths
-        attributes = [f"Path={settings.cookie_path}"]
-        if settings.cookie_domain:
-            attributes.append(f"Domain={settings.cookie_domain}")
-        if settings.cookie_samesite:
-            attributes.append(f"SameSite={settings.cookie_samesite}")
-        attributes.append("HttpOnly")
-        plain = "; ".join(attributes)
-        live = f"Max-Age={settings.cookie_max_age}; {plain}"
-        expired = f"Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; {plain}"
-        secure_default = settings.cookie_secure
-        self._cookie_secure = f"{live}; Secure" if secure_default is not False else live
-        self._cookie_insecure = f"{live}; Secure" if secure_default else live
-        self._expire_secure = f"{expired}; Secure" if secure_default is not False else expired
-        self._expire_insecure = f"{expired}; Secure" if secure_default else expired
+        self.echo_header = settings.echo_header
+        self.set_cookie = settings.set_cookie
+        #: The hooks get the request: adapters build a request object only then.
+        self.wants_request = (
+            settings.session_metadata is not None or settings.authorize_session is not None
+        )
+        #: `Access-Control-Expose-Headers` when the response has none of its own.
+        self.expose_default = header if settings.echo_header else None
+        forced = settings.cookie_secure
+        self._attributes = {
+            (https, expire): CookieAttributes(
+                settings, secure=https if forced is None else forced, expire=expire
+            )
+            for https in (False, True)
+            for expire in (False, True)
+        }
 
     def is_excluded(self, path: str) -> bool:
         return bool(self.exclude_paths) and path.startswith(self.exclude_paths)
@@ -160,17 +236,16 @@ class SessionResolver:
             break
 
         metadata = None if settings.session_metadata is None else self._metadata(request)
-        # A resumed session is restored lazily, on first use: requests that never touch it
-        # (assets, health checks) do not pay for it.
+        # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
+        # never touch it (assets, health checks) do not pay for it. A new one gets its ID
+        # here, as `sessions.create()` would.
         return SessionBinding(
-            settings.client.sessions.create(custom_metadata=metadata)
-            if session_id is None
-            else None,
+            None,
             settings.client,
             settings.project_id,
             recording=settings.recording,
             signer=settings.signer,
-            session_id=session_id,
+            session_id=new_session_id() if session_id is None else session_id,
             custom_metadata=metadata,
         )
 
@@ -202,10 +277,32 @@ class SessionResolver:
             return None
         return dict(metadata)
 
-    def cookie(self, binding: SessionBinding, secure: bool) -> str:
-        """The `Set-Cookie` value for the response: the session's token, or an expiry."""
-        name = self.cookie_name
+    def echo(self, binding: SessionBinding) -> str | None:
+        """The session header's value for the response, or None (off, or session ended)."""
+        if not self.echo_header or binding.ended:
+            return None
+        return binding.token
+
+    def expose(self, existing: str | None) -> str | None:
+        """`Access-Control-Expose-Headers` listing the session header, merged with the
+        value the app (or CORS middleware) set; None when `existing` already lists it (or
+        `*`). Call it only when `echo` gave a value."""
+        if not existing:
+            return self.expose_default
+        header = self.expose_default
+        if header is None:
+            return None
+        listed = [value.strip().lower() for value in existing.split(",")]
+        if header.lower() in listed or "*" in listed:
+            return None
+        return f"{existing}, {header}"
+
+    def cookie(self, binding: SessionBinding, secure: bool) -> SessionCookie | None:
+        """The cookie for the response: the session's token, or an expiry after
+        `end_session()`; None when `set_cookie` is off. `secure`: the request came over https
+        (ignored when `cookie_secure` is set)."""
+        if not self.set_cookie:
+            return None
         if binding.ended:
-            return f"{name}=; {self._expire_secure if secure else self._expire_insecure}"
-        attributes = self._cookie_secure if secure else self._cookie_insecure
-        return f"{name}={binding.token}; {attributes}"
+            return SessionCookie(self.cookie_name, "", self._attributes[secure, True])  # type: ignore[arg-type]
+        return SessionCookie(self.cookie_name, binding.token, self._attributes[secure, False])  # type: ignore[arg-type]

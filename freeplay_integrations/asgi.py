@@ -9,21 +9,17 @@ Wrapping the whole app (the first form) puts the middleware outside Starlette's
 `ServerErrorMiddleware`, so even the 500 of an unhandled exception carries the session
 header and cookie. With `add_middleware` it sits inside it; the middleware then answers an
 unhandled exception with its own plain 500 carrying the session, before re-raising.
+
+Starlette is not needed: the module imports no framework, so it runs under Quart, Litestar
+or a bare ASGI app. With Starlette installed, `session_metadata` and `authorize_session` get
+a Starlette `HTTPConnection`; without it they get the ASGI scope.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from typing import Any
-
-try:
-    import anyio.to_thread
-    from starlette.requests import HTTPConnection
-except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
-    raise ImportError(
-        "freeplay_integrations.asgi needs Starlette (it works with any ASGI app). "
-        "Install it with: pip install 'freeplay-integrations[starlette]'"
-    ) from exc
+from typing import TYPE_CHECKING, Any
 
 from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
 from ._config import Settings
@@ -31,37 +27,46 @@ from ._context import SessionBinding, bind, unbind
 from ._recording import flush
 from ._web import Rejection, SessionResolver
 
-__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "FreeplaySessionMiddleware"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._config import FreeplayOptions
+
+__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "WS_POLICY_VIOLATION", "FreeplaySessionMiddleware"]
 
 #: WebSocket close code for a connection refused for an invalid session ID (policy).
 WS_POLICY_VIOLATION = 1008
 
 _SECURE_SCHEMES = frozenset({"https", "wss"})
 _EXPOSE = b"access-control-expose-headers"
+_SET_COOKIE = b"set-cookie"
+_COOKIE = b"cookie"
 _SERVER_ERROR = b"Internal Server Error"
+_SERVER_ERROR_HEADERS = (
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_SERVER_ERROR)).encode()),
+)
 
 
 class FreeplaySessionMiddleware:
     """Bind the conversation's Freeplay session for every HTTP request and websocket.
 
-    Options are keyword-only; see the README's configuration reference. The session is
-    taken from the `X-Freeplay-Session-Id` header or the `freeplay_session_id` cookie (or a
-    new one is started), bound for the whole request, and echoed back in both.
+    `app` is positional; options are keyword arguments (`FreeplayOptions`, the README's
+    configuration reference), validated here: a mistake raises `ConfigurationError` now.
     """
 
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, /, **options: Unpack[FreeplayOptions]) -> None:
         self.app = app
         self.settings = Settings.from_options(options)
-        self.resolver = SessionResolver(self.settings)
-        header = self.settings.header_name
-        self._header_key = header.lower().encode("latin-1") if header else None
-        self._echo_header = self.settings.echo_header
-        self._set_cookie = self.settings.set_cookie
-        self._wants_request = (
-            self.settings.session_metadata is not None
-            or self.settings.authorize_session is not None
+        self.resolver = resolver = SessionResolver(self.settings)
+        self._header_key = resolver.header_key if resolver.environ_key else None
+        self._echo_key = resolver.header_key if resolver.echo_header else None
+        self._expose_value = (
+            resolver.expose_default.encode("latin-1") if resolver.expose_default else b""
         )
-        self._exclude_paths = self.settings.exclude_paths
+        self._set_cookie = resolver.set_cookie
+        self._exclude_paths = resolver.exclude_paths
+        self._connection: Any = _connection_class() if resolver.wants_request else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,10 +136,11 @@ class FreeplaySessionMiddleware:
             if name == key:
                 if header_value is None:
                     header_value = value.decode("latin-1")
-            elif name == b"cookie":
+            elif name == _COOKIE:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
-        request = HTTPConnection(scope) if self._wants_request else None
+        connection = self._connection
+        request = None if connection is None else connection(scope)
         return self.resolver.resolve(header_value, cookie_header, request)
 
     async def _websocket(
@@ -149,30 +155,33 @@ class FreeplaySessionMiddleware:
 
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
         """`message` (a response start or websocket accept) with the session headers added."""
-        headers = list(message.get("headers") or ())
-        if self._echo_header and not binding.ended:
-            key: bytes = self._header_key  # type: ignore[assignment]
+        headers = message.get("headers")
+        headers = [] if headers is None else list(headers)
+        resolver = self.resolver
+        key = self._echo_key
+        if key is not None and not binding.ended:
             for index, (name, value) in enumerate(headers):
                 if name == _EXPOSE:  # merge with the app's own (CORS) list
-                    listed = [v.strip().lower() for v in value.split(b",")]
-                    if key not in listed and b"*" not in listed:
-                        headers[index] = (name, value + b", " + key)
+                    merged = resolver.expose(value.decode("latin-1"))
+                    if merged is not None:
+                        headers[index] = (name, merged.encode("latin-1"))
                     break
             else:
-                headers.append((_EXPOSE, key))
+                headers.append((_EXPOSE, self._expose_value))
             headers.append((key, binding.token.encode("latin-1")))
         if self._set_cookie:
-            cookie = self.resolver.cookie(binding, secure)
-            headers.append((b"set-cookie", cookie.encode("latin-1")))
+            cookie = resolver.cookie(binding, secure)
+            assert cookie is not None
+            headers.append((_SET_COOKIE, cookie.header.encode("latin-1")))
         message["headers"] = headers
         return message
 
     async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(_SERVER_ERROR)).encode()),
-        ]
-        start = {"type": "http.response.start", "status": 500, "headers": headers}
+        start = {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": list(_SERVER_ERROR_HEADERS),
+        }
         await send(self._with_session(start, binding, secure))
         await send({"type": "http.response.body", "body": _SERVER_ERROR})
 
@@ -200,7 +209,26 @@ class FreeplaySessionMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_after_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await anyio.to_thread.run_sync(flush, SHUTDOWN_FLUSH_TIMEOUT)
+                await _in_thread(flush, SHUTDOWN_FLUSH_TIMEOUT)
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
+
+
+def _connection_class() -> Any:
+    """What the hooks get as the request: Starlette's `HTTPConnection` if installed."""
+    try:
+        from starlette.requests import HTTPConnection
+    except ImportError:
+        return lambda scope: scope
+    return HTTPConnection
+
+
+async def _in_thread(function: Any, *args: Any) -> Any:
+    """Run `function` in a worker thread: through anyio when present (asyncio or trio),
+    else asyncio's default executor."""
+    try:
+        import anyio.to_thread
+    except ImportError:
+        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    return await anyio.to_thread.run_sync(function, *args)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import uuid
 import weakref
@@ -50,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[celery]'"
     ) from exc
 
-from ._config import ENV_PROJECT_ID, _choice, _client, _project_id
+from ._config import build_client, resolve_project_id, validate_option
 from ._context import (
     SessionBinding,
     bind,
@@ -61,7 +60,7 @@ from ._context import (
     unbind_trace,
 )
 from ._errors import ConfigurationError
-from ._ids import MAX_ID_LENGTH, parse_session_id
+from ._ids import MAX_ID_LENGTH, new_session_id, parse_session_id
 from ._recording import flush
 
 if TYPE_CHECKING:
@@ -161,12 +160,9 @@ def enable_session_propagation(
             f"{_option('new_session_if_missing')} must be True or False, "
             f"not {new_session_if_missing!r}."
         )
-    options = {"client": client, "api_key": api_key, "api_base": api_base}
-    fp = _client(options, os.environ, _option)
-    project: str | None = None
-    if project_id is not None or os.environ.get(ENV_PROJECT_ID):
-        project = _project_id({"project_id": project_id}, os.environ, _option)
-    mode = _choice({"recording": recording}, "recording", ("background", "sync"), "", _option)
+    fp = build_client(client=client, api_key=api_key, api_base=api_base, name=_option)
+    project = resolve_project_id(project_id, required=False, name=_option)
+    mode = validate_option("recording", recording, _option)
     with _lock:
         _apps[app] = _Settings(fp, project, new_session_if_missing, mode)
         _connect()
@@ -262,10 +258,11 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
         if not settings.new_session_if_missing:
             return
         binding = SessionBinding(
-            settings.client.sessions.create(),
+            None,
             settings.client,
             settings.project_id,
             recording=settings.recording,
+            session_id=new_session_id(),
         )
         trace = None
     else:

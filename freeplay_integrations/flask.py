@@ -34,22 +34,17 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[flask]'"
     ) from exc
 
-from ._config import (
-    DEFAULT_COOKIE_MAX_AGE,
-    DEFAULT_SESSION_COOKIE,
-    DEFAULT_SESSION_HEADER,
-    OPTION_NAMES,
-    Settings,
-    keyword_option,
-)
+from ._config import OPTION_NAMES, OPTIONS, Settings, keyword_option, unknown_options
 from ._context import current_session as _current_session
 from ._context import require_session
-from ._errors import ConfigurationError
 from .wsgi import FreeplaySessionMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
     from freeplay.resources.sessions import Session
+    from typing_extensions import Unpack
+
+    from ._config import FreeplayOptions
 
 __all__ = [
     "CONFIG_DEFAULTS",
@@ -57,40 +52,16 @@ __all__ = [
     "EXTENSION_KEY",
     "FreeplaySessions",
     "FreeplayState",
-    "current_session",
+    "freeplay_session",
 ]
 
 #: The key of the extension's per-app state in `app.extensions`.
 EXTENSION_KEY = "freeplay"
 #: Options are read from `app.config[CONFIG_PREFIX + option.upper()]`.
 CONFIG_PREFIX = "FREEPLAY_"
-#: What `init_app` puts in `app.config` (with `setdefault`) for each option not set there.
-#: `None` means "derived": `echo_header` / `set_cookie` are on when a header / cookie name is
-#: set, `sources` is header then cookie, and the API key, base URL and project ID come from
-#: the `FREEPLAY_API_KEY`, `FREEPLAY_API_BASE` and `FREEPLAY_PROJECT_ID` environment variables.
-CONFIG_DEFAULTS: Mapping[str, Any] = {
-    "client": None,
-    "api_key": None,
-    "api_base": None,
-    "project_id": None,
-    "session_header": DEFAULT_SESSION_HEADER,
-    "session_cookie": DEFAULT_SESSION_COOKIE,
-    "sources": None,
-    "echo_header": None,
-    "set_cookie": None,
-    "cookie_max_age": DEFAULT_COOKIE_MAX_AGE,
-    "cookie_secure": None,
-    "cookie_samesite": "lax",
-    "cookie_domain": None,
-    "cookie_path": "/",
-    "signing_secret": None,
-    "on_invalid": "new",
-    "exclude_paths": (),
-    "session_metadata": None,
-    "recording": "background",
-    "authorize_session": None,
-    "on_unauthorized": "new",
-}
+#: What `init_app` puts in `app.config` (with `setdefault`) for each option not set there:
+#: the option table's defaults. `None` means "derived" (see the configuration reference).
+CONFIG_DEFAULTS: Mapping[str, Any] = {option.name: option.default for option in OPTIONS}
 
 
 def _config_key(option: str) -> str:
@@ -105,15 +76,11 @@ class FreeplaySessions:
     can serve several apps (the application-factory pattern), each with its own config.
     """
 
-    def __init__(self, app: Flask | None = None, **options: Any) -> None:
-        unknown = sorted(set(options) - set(OPTION_NAMES))
-        if unknown:
-            raise ConfigurationError(
-                f"Unknown FreeplaySessions option(s): {', '.join(map(keyword_option, unknown))}. "
-                f"Valid options: {', '.join(OPTION_NAMES)} (or the app.config keys "
-                f"{CONFIG_PREFIX}<OPTION>)."
-            )
-        self.options: dict[str, Any] = options
+    def __init__(self, app: Flask | None = None, /, **options: Unpack[FreeplayOptions]) -> None:
+        unknown = unknown_options(options)
+        if unknown is not None:
+            raise unknown
+        self.options: dict[str, Any] = dict(options)
         if app is not None:
             self.init_app(app)
 
@@ -135,10 +102,8 @@ class FreeplaySessions:
             if option in self.options:
                 values[option] = self.options[option]
                 app.config.setdefault(key, values[option])
-            elif option in CONFIG_DEFAULTS:
+            else:
                 values[option] = app.config.setdefault(key, CONFIG_DEFAULTS[option])
-            elif key in app.config:
-                values[option] = app.config[key]
 
         def name(option: str) -> str:
             if option in self.options:
@@ -198,10 +163,10 @@ class _FlaskMiddleware(FreeplaySessionMiddleware):
         return self.flask_app.request_class(environ, shallow=True)
 
 
-class _CurrentSession:
-    """`current_session()` is the request's `Session` or None (as everywhere in the package);
-    `current_session.session_id` reads the bound session like `flask.g` does, raising
-    `NoActiveSessionError` outside a request."""
+class _SessionProxy:
+    """`freeplay_session.session_id` reads the request's bound `Session`, like `flask.g`
+    does, raising `NoActiveSessionError` outside a request; `freeplay_session()` is the
+    `Session` or None, as `freeplay_integrations.current_session()` is."""
 
     __slots__ = ()
 
@@ -215,8 +180,24 @@ class _CurrentSession:
         return _current_session() is not None
 
     def __repr__(self) -> str:
-        return f"<current_session {_current_session()!r}>"
+        return f"<freeplay_session {_current_session()!r}>"
 
 
-#: The request's Freeplay session: `current_session.session_id`, or `current_session()`.
-current_session = _CurrentSession()
+#: The request's Freeplay session, as a proxy: `freeplay_session.session_id`.
+freeplay_session = _SessionProxy()
+
+#: Emitted when the old name `freeplay_integrations.flask.current_session` is imported.
+CURRENT_SESSION_DEPRECATED = (
+    "freeplay_integrations.flask.current_session is deprecated: import "
+    "freeplay_integrations.flask.freeplay_session (the same proxy), or call "
+    "freeplay_integrations.current_session() (the Session or None)."
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "current_session":
+        import warnings
+
+        warnings.warn(CURRENT_SESSION_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return freeplay_session
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

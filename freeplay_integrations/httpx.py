@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[httpx]'"
     ) from exc
 
-from ._config import DEFAULT_SESSION_HEADER, _optional_token, _signer, keyword_option
+from ._config import DEFAULT_SESSION_HEADER, keyword_option, validate_option
 from ._context import current_binding
 from ._errors import ConfigurationError
 from ._ids import Signer
@@ -216,6 +216,11 @@ def _parse_pattern(pattern: Any) -> tuple[str, bool, int | None]:
     return ascii_host.lower(), wildcard, port
 
 
+def _httpx_option(option: str) -> str:
+    """Error messages name `propagate_session()`'s own keywords."""
+    return keyword_option("header_name" if option == "session_header" else option)
+
+
 class _Propagator:
     """Adds the session header to one request when it should carry it."""
 
@@ -227,7 +232,7 @@ class _Propagator:
         )
         if allowlist.empty:
             logger.warning(LOG_EMPTY_ALLOWLIST)
-        name = _optional_token(header_name, "header_name", keyword_option)
+        name = validate_option("session_header", header_name, _httpx_option)
         if name is None:
             raise ConfigurationError(
                 "header_name may not be None: it is the header the downstream middleware "
@@ -235,7 +240,9 @@ class _Propagator:
             )
         self.allowlist = allowlist
         self.header_name = name
-        self.signer: Signer | None = _signer(signing_secret, keyword_option)
+        self.signer: Signer | None = validate_option(
+            "signing_secret", signing_secret, _httpx_option
+        )
 
     def apply(self, request: httpx.Request) -> None:
         headers = request.headers

@@ -31,11 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
-from ._web import Rejection, SessionResolver
+from ._web import EXPOSE_HEADERS, Rejection, SessionResolver
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from typing_extensions import Unpack
+
+    from ._config import FreeplayOptions
 
 __all__ = [
     "EXPOSE_HEADERS",
@@ -50,8 +53,6 @@ logger = logging.getLogger("freeplay_integrations")
 LOG_UNHANDLED = "freeplay_integrations: unhandled exception in the WSGI app; answered 500"
 #: Body of the middleware's own 500 answer.
 SERVER_ERROR_BODY = b"Internal Server Error"
-#: The response header that lets browser code read the session header.
-EXPOSE_HEADERS = "Access-Control-Expose-Headers"
 
 _SERVER_ERROR_STATUS = "500 Internal Server Error"
 _SERVER_ERROR_HEADERS = (
@@ -78,27 +79,20 @@ class FreeplaySessionMiddleware:
     """
 
     def __init__(
-        self, app: WSGIApplication, *, propagate_exceptions: bool = False, **options: Any
+        self,
+        app: WSGIApplication,
+        /,
+        *,
+        propagate_exceptions: bool = False,
+        **options: Unpack[FreeplayOptions],
     ) -> None:
         self.app = app
         self.propagate_exceptions = propagate_exceptions
         self._configure(Settings.from_options(options))
 
     def _configure(self, settings: Settings) -> None:
-        """Everything that depends only on settings, computed once."""
         self.settings = settings
         self.resolver = SessionResolver(settings)
-        header = settings.header_name
-        self._header_name = header
-        self._header_lower = header.lower() if header else None
-        # How a WSGI server spells the request header in the environ (PEP 3333).
-        self._environ_key = "HTTP_" + header.upper().replace("-", "_") if header else None
-        self._echo_header = settings.echo_header
-        self._set_cookie = settings.set_cookie
-        self._excludes = bool(settings.exclude_paths)
-        self._wants_request = (
-            settings.session_metadata is not None or settings.authorize_session is not None
-        )
 
     # -- hooks a framework adapter may override -----------------------------------------
 
@@ -113,15 +107,16 @@ class FreeplaySessionMiddleware:
     # -- the request -----------------------------------------------------------------------
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self._excludes and self.resolver.is_excluded(
+        resolver = self.resolver
+        if resolver.exclude_paths and resolver.is_excluded(
             environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         ):
             return self.app(environ, start_response)
-        key = self._environ_key
-        result = self.resolver.resolve(
-            environ.get(key) if key is not None else None,
+        key = resolver.environ_key
+        result = resolver.resolve(
+            None if key is None else environ.get(key),
             environ.get("HTTP_COOKIE"),
-            self._request(environ) if self._wants_request else None,
+            self._request(environ) if resolver.wants_request else None,
         )
         if isinstance(result, Rejection):
             return _reject(start_response, result)
@@ -143,24 +138,22 @@ class FreeplaySessionMiddleware:
     def _with_session(self, headers: Headers, binding: SessionBinding, secure: bool) -> Headers:
         """`headers` plus the session header, `Set-Cookie` and `Access-Control-Expose-Headers`."""
         headers = list(headers)
-        if self._echo_header and not binding.ended:
-            headers.append((self._header_name, binding.token))  # type: ignore[arg-type]
-            self._expose(headers)
-        if self._set_cookie:
-            headers.append(("Set-Cookie", self.resolver.cookie(binding, secure)))
+        resolver = self.resolver
+        value = resolver.echo(binding)
+        if value is not None:
+            headers.append((resolver.header_name, value))  # type: ignore[arg-type]
+            for index, (name, existing) in enumerate(headers):
+                if name.lower() == "access-control-expose-headers":
+                    merged = resolver.expose(existing)
+                    if merged is not None:
+                        headers[index] = (name, merged)
+                    break
+            else:
+                headers.append((EXPOSE_HEADERS, resolver.expose_default))  # type: ignore[arg-type]
+        cookie = resolver.cookie(binding, secure)
+        if cookie is not None:
+            headers.append(("Set-Cookie", cookie.header))
         return headers
-
-    def _expose(self, headers: Headers) -> None:
-        """List the session header in Access-Control-Expose-Headers, merging any there."""
-        key = self._header_lower
-        assert key is not None
-        for index, (name, value) in enumerate(headers):
-            if name.lower() == "access-control-expose-headers":
-                listed = [v.strip().lower() for v in value.split(",")]
-                if key not in listed and "*" not in listed:
-                    headers[index] = (name, f"{value}, {self._header_name}")
-                return
-        headers.append((EXPOSE_HEADERS, self._header_name))  # type: ignore[arg-type]
 
 
 def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:

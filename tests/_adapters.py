@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import io
 import re
+import time
 import uuid
 import wsgiref.validate
 from collections.abc import Callable, Iterator, Sequence
@@ -128,25 +129,52 @@ def reference_session_id(value: str) -> str | None:
     return canonical
 
 
-def reference_sign(session_id: str, secret: str) -> str:
-    """`<uuid>.<base64url(HMAC-SHA256(secret, uuid)) without padding>`."""
-    mac = hmac.new(secret.encode(), session_id.encode(), hashlib.sha256).digest()
-    return session_id + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+#: What the signing key is derived for (HMAC-SHA256(secret, purpose) is the key).
+SIGNING_PURPOSE = b"freeplay_integrations.session-id.v2"
 
 
-_TOKEN = re.compile(r"([^.]*)\.([A-Za-z0-9_-]{43})")
+def _reference_key(secret: str) -> bytes:
+    return hmac.new(secret.encode(), SIGNING_PURPOSE, hashlib.sha256).digest()
 
 
-def reference_unsign(token: str, secrets: Sequence[str]) -> str | None:
-    """The session ID in `token` when one of `secrets` signed its canonical ID, else None."""
+def _base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            return digits
+
+
+def reference_sign(session_id: str, secret: str, issued: float | None = None) -> str:
+    """`<uuid>.<issued: base 36 seconds>.<base64url(HMAC-SHA256(key, "<uuid>.<issued>"))>`
+    without padding, the key derived from `secret` for the session-ID purpose."""
+    message = f"{session_id}.{_base36(int(time.time() if issued is None else issued))}"
+    mac = hmac.new(_reference_key(secret), message.encode(), hashlib.sha256).digest()
+    return message + "." + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+_TOKEN = re.compile(r"([^.]*)\.([0-9a-z]{1,8})\.([A-Za-z0-9_-]{43})")
+
+
+def reference_unsign(
+    token: str, secrets: Sequence[str], max_age: float | None = None
+) -> str | None:
+    """The session ID in `token` when one of `secrets` signed its canonical ID and issue
+    time (no older than `max_age` seconds, if given), else None."""
     match = _TOKEN.fullmatch(token)
     if match is None:
         return None
     session_id = reference_session_id(match[1])
     if session_id is None:
         return None
+    issued = int(match[2], 36)
+    if max_age is not None and time.time() - issued > max_age:
+        return None
     for secret in secrets:
-        if hmac.compare_digest(reference_sign(session_id, secret), f"{session_id}.{match[2]}"):
+        if hmac.compare_digest(
+            reference_sign(session_id, secret, issued), f"{session_id}.{match[2]}.{match[3]}"
+        ):
             return session_id
     return None
 

@@ -306,14 +306,57 @@ def test_core_imports_without_any_web_framework() -> None:
             assert fi.current_session() is s
         loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
         assert not loaded, loaded
-        try:
-            import freeplay_integrations.asgi
-        except ImportError as exc:
-            print(exc)
         """
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert "pip install 'freeplay-integrations[starlette]'" in result.stdout
+
+
+def test_the_asgi_middleware_works_without_starlette() -> None:
+    """Quart and Litestar users: `freeplay_integrations.asgi` imports no Starlette, and a
+    pure ASGI app gets its session, the header and the cookie; the hooks get the scope."""
+    code = _BLOCK_FRAMEWORKS + textwrap.dedent(
+        """
+        import asyncio
+        import freeplay_integrations as fi
+        from freeplay import Freeplay
+        from freeplay_integrations.asgi import FreeplaySessionMiddleware
+
+        async def app(scope, receive, send):
+            body = fi.require_session().session_id.encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        seen = []
+        client = Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api")
+        wrapped = FreeplaySessionMiddleware(
+            app, client=client, project_id="p",
+            session_metadata=lambda request: seen.append(type(request).__name__) or None,
+        )
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b""}
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "path": "/", "headers": [], "scheme": "http"}
+        asyncio.run(wrapped(scope, receive, send))
+        headers = dict(sent[0]["headers"])
+        assert headers[b"x-freeplay-session-id"] == sent[1]["body"], sent
+        assert headers[b"set-cookie"].startswith(b"freeplay_session_id=" + sent[1]["body"])
+        assert seen == ["dict"], seen
+        assert fi.current_session() is None
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -19,7 +19,7 @@ from freeplay_integrations.flask import (
     FreeplaySessions,
     FreeplayState,
 )
-from freeplay_integrations.flask import current_session as flask_current_session
+from freeplay_integrations.flask import freeplay_session as flask_current_session
 from freeplay_integrations.wsgi import FreeplaySessionMiddleware
 
 if TYPE_CHECKING:
@@ -232,7 +232,7 @@ def test_malformed_keyword_names_the_keyword() -> None:
 
 
 def test_unknown_keyword_fails_at_construction() -> None:
-    with pytest.raises(ConfigurationError, match=r"Unknown FreeplaySessions option.*`projectid=`"):
+    with pytest.raises(ConfigurationError, match=r"Unknown freeplay_integrations option.*`projectid=`"):
         FreeplaySessions(projectid="p")
 
 
@@ -251,3 +251,12 @@ def test_without_flask_the_import_error_names_the_extra() -> None:
     # The WSGI middleware needs no framework at all.
     code = "import sys; sys.modules['flask'] = None; import freeplay_integrations.wsgi"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_old_name_of_the_proxy_still_works_with_a_deprecation_warning() -> None:
+    import freeplay_integrations.flask as flask_module
+
+    with pytest.warns(DeprecationWarning, match="freeplay_session"):
+        old = flask_module.current_session
+    assert old is flask_module.freeplay_session
+    assert old() is None  # outside a request: the core's answer

@@ -22,7 +22,7 @@ from freeplay_integrations import (
 from freeplay_integrations._ids import parse_session_id
 from freeplay_integrations._web import INVALID_ID_REASON, LOG_METADATA_FAILED
 from freeplay_integrations.flask import FreeplaySessions
-from freeplay_integrations.flask import current_session as flask_current_session
+from freeplay_integrations.flask import freeplay_session as flask_current_session
 from freeplay_integrations.wsgi import EXPOSE_HEADERS, LOG_UNHANDLED, SERVER_ERROR_BODY
 from tests.test_wsgi import BAD_VALUES
 

@@ -23,7 +23,7 @@ from freeplay.resources.recordings import RecordPayload
 
 from freeplay_integrations import current_session
 from freeplay_integrations.flask import FreeplaySessions
-from freeplay_integrations.flask import current_session as flask_current_session
+from freeplay_integrations.flask import freeplay_session as flask_current_session
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication

@@ -20,7 +20,7 @@ from freeplay.resources.recordings import RecordPayload
 
 from freeplay_integrations import current_session, new_session
 from freeplay_integrations.flask import FreeplaySessions
-from freeplay_integrations.flask import current_session as flask_current_session
+from freeplay_integrations.flask import freeplay_session as flask_current_session
 
 if TYPE_CHECKING:
     from freeplay.resources.sessions import Session

@@ -118,7 +118,7 @@ def test_valid_tokens_are_accepted_every_time_with_either_secret(
             if binding.session_id != session_id:
                 refused.append(token)
             # Every answer is signed with the first secret, whichever signed the request.
-            elif binding.token != reference_sign(session_id, NEW):
+            elif reference_unsign(binding.token, (NEW,)) != session_id:
                 signed_otherwise.append(token)
     assert refused == []
     assert signed_otherwise == []
@@ -165,7 +165,7 @@ def test_key_rotation_signs_with_the_first_secret_and_accepts_any(adapter: str) 
         first = driver.request([])
         [old_token] = first.all(HEADER)
         session_id = first.body.decode()
-        assert old_token == reference_sign(session_id, OLD)
+        assert reference_unsign(old_token, (OLD,)) == session_id
 
     # Rotating: NEW first, OLD kept. The old token still resumes the conversation, and the
     # answer (header and cookie) is signed with NEW, so the client moves over.
@@ -173,7 +173,7 @@ def test_key_rotation_signs_with_the_first_secret_and_accepts_any(adapter: str) 
         reply = driver.request([(b"cookie", f"{COOKIE}={old_token}".encode())])
         assert reply.body.decode() == session_id
         [new_token] = reply.all(HEADER)
-        assert new_token == reference_sign(session_id, NEW)
+        assert reference_unsign(new_token, (NEW,)) == session_id
         assert f"{COOKIE}={new_token};" in reply.all("Set-Cookie")[0]
 
     # After the rotation: OLD dropped. The new token resumes; a token signed with OLD no
@@ -183,7 +183,7 @@ def test_key_rotation_signs_with_the_first_secret_and_accepts_any(adapter: str) 
         stale = driver.request([(HEADER_KEY, old_token.encode())])
         assert stale.status == 200
         assert stale.body.decode() != session_id
-        assert stale.all(HEADER) == [reference_sign(stale.body.decode(), NEW)]
+        assert [reference_unsign(h, (NEW,)) for h in stale.all(HEADER)] == [stale.body.decode()]
 
 
 def test_an_unsigned_id_is_refused_once_signing_is_on() -> None:

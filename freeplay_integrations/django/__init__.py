@@ -25,6 +25,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[django]'"
     ) from exc
 
-from .middleware import FreeplaySessionMiddleware
+from .middleware import FreeplayHttpRequest, FreeplaySessionMiddleware
 
-__all__ = ["FreeplaySessionMiddleware"]
+__all__ = ["FreeplayHttpRequest", "FreeplaySessionMiddleware"]

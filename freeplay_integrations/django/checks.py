@@ -130,7 +130,7 @@ _HINTS: Final = {
 
 
 class _PlaceholderClient:
-    """Stands in for a client that failed its check, so the other options still get checked."""
+    """Stands in for a client that failed to import, so the other options still get checked."""
 
     sessions = None
 
@@ -138,7 +138,8 @@ class _PlaceholderClient:
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
-    """Every problem with `settings.FREEPLAY` (and the `FREEPLAY_*` environment variables)."""
+    """Every problem with `settings.FREEPLAY` (and the `FREEPLAY_*` environment variables):
+    each option's validator runs once, and every error is reported."""
     try:
         raw = conf.raw_setting()
     except ConfigurationError as exc:
@@ -156,47 +157,16 @@ def check_settings(
             options[option] = conf.import_option(option, value)
         except ConfigurationError as exc:
             errors.append(_error(str(exc), _OPTION_IDS.get(option, "freeplay_integrations.E006")))
-            _stand_in(options, option)
-
-    # `Settings.from_options` stops at the first problem. Its messages name the option they
-    # are about first; stand in for that option and validate again, to report them all.
-    for _ in range(len(OPTION_NAMES) + 1):
-        named: list[str] = []
-
-        def name(option: str, named: list[str] = named) -> str:
-            named.append(option)
-            return conf.option_name(option)
-
-        try:
-            Settings.from_options(options, name=name)
-        except ConfigurationError as exc:
-            subject = named[0] if named else ""
-            errors.append(_error(str(exc), _OPTION_IDS.get(subject, "freeplay_integrations.E006")))
-            if not subject or not _stand_in(options, subject):
-                break
-        else:
-            break
+            if option == "client":
+                options["client"] = _PlaceholderClient()
+    if isinstance(options.get("client"), _PlaceholderClient):
+        options.pop("api_key", None)
+        options.pop("api_base", None)
+    errors.extend(
+        _error(error.message, _OPTION_IDS.get(error.option, "freeplay_integrations.E006"))
+        for error in Settings.check(options, name=conf.option_name)
+    )
     return errors
-
-
-def _stand_in(options: dict[str, Any], option: str) -> bool:
-    """Replace a failed option by a valid stand-in; False if that changes nothing."""
-    if option in ("client", "api_key", "api_base"):
-        if isinstance(options.get("client"), _PlaceholderClient):
-            return False
-        for key in ("api_key", "api_base"):
-            options.pop(key, None)
-        options["client"] = _PlaceholderClient()
-        return True
-    if option == "project_id":
-        if options.get("project_id") == "placeholder":
-            return False
-        options["project_id"] = "placeholder"
-        return True
-    return options.pop(option, _MISSING) is not _MISSING
-
-
-_MISSING: Final = object()
 
 
 def _error(message: str, check_id: str) -> Error:

@@ -136,38 +136,13 @@ def load_settings() -> Settings:
 
 
 class DjangoConfig:
-    """Validated settings and everything the middleware derives from them, once."""
+    """Validated settings and the resolver every request goes through, built once."""
 
-    __slots__ = (
-        "cookie_attributes",
-        "cookie_secure",
-        "echo_header",
-        "has_hooks",
-        "header",
-        "meta_key",
-        "resolver",
-        "set_cookie",
-    )
+    __slots__ = ("resolver", "settings")
 
     def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self.resolver = SessionResolver(settings)
-        self.header = settings.header_name
-        #: Where Django puts the session header in `request.META`.
-        self.meta_key = (
-            "HTTP_" + settings.header_name.upper().replace("-", "_")
-            if settings.header_name and "header" in settings.sources
-            else None
-        )
-        self.echo_header = settings.echo_header
-        self.set_cookie = settings.set_cookie
-        self.cookie_secure = settings.cookie_secure
-        #: `SESSION_METADATA` / `AUTHORIZE_SESSION` are user code that may use the database
-        #: (`request.user`): under ASGI they run in a worker thread, like a sync view.
-        self.has_hooks = (
-            settings.session_metadata is not None or settings.authorize_session is not None
-        )
-        #: Cookie attributes parsed from the core's `Set-Cookie` strings, by string.
-        self.cookie_attributes: dict[str, dict[str, Any]] = {}
 
 
 _config: DjangoConfig | None = None

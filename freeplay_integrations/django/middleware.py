@@ -23,8 +23,7 @@ whole before sending anything, is collected by the middleware instead, in one go
 from __future__ import annotations
 
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Container, Iterator
-from http.cookies import Morsel, SimpleCookie
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from itertools import chain
 from typing import Any, Final, cast
 
@@ -32,9 +31,10 @@ from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefuncti
 from django.core.handlers.exception import response_for_exception
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase, StreamingHttpResponse
+from freeplay.resources.sessions import Session
 
 from .._context import SessionBinding, bind, unbind
-from .._web import Rejection
+from .._web import EXPOSE_HEADERS, Rejection
 from .conf import DjangoConfig, get_config
 
 __all__ = [
@@ -42,15 +42,13 @@ __all__ = [
     "EXPOSE_HEADERS",
     "REQUEST_ATTRIBUTE",
     "SYNC_STREAM_WARNING",
+    "FreeplayHttpRequest",
     "FreeplaySessionMiddleware",
     "RequestSession",
-    "SessionCookie",
 ]
 
 #: The attribute set on every request the middleware handles.
 REQUEST_ATTRIBUTE: Final = "freeplay_session"
-#: The response header that lets browser code read the session header.
-EXPOSE_HEADERS: Final = "Access-Control-Expose-Headers"
 #: Warned (as Django itself does) when an async iterator is streamed under WSGI, or a sync
 #: one under ASGI: Django has to collect the whole body before sending it. The middleware
 #: collects it itself, in one go with the session bound, so the response's header and
@@ -69,7 +67,6 @@ GetResponse = Callable[[HttpRequest], HttpResponseBase]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 _END: Final[Any] = object()
-_COOKIE_CODEC = SimpleCookie()
 
 
 class FreeplaySessionMiddleware:
@@ -118,7 +115,7 @@ class FreeplaySessionMiddleware:
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         config = get_config()
-        if config.has_hooks:  # user code that may touch the database, as sync views do
+        if config.resolver.wants_request:  # user code that may touch the database, as sync views do
             binding = await sync_to_async(_resolve, thread_sensitive=True)(config, request)
         else:
             binding = _resolve(config, request)
@@ -139,32 +136,46 @@ class FreeplaySessionMiddleware:
         return response
 
 
-class RequestSession:
+class RequestSession(Session):
     """`request.freeplay_session`: the request's current Freeplay `Session`.
 
-    It stands for the SDK `Session` the request has *now*: after `new_session()` it is the
-    new one, as `current_session()` is, so code holding `request.freeplay_session` never
-    records into the conversation the user just left. Attribute access goes to that
-    session, and `isinstance(request.freeplay_session, Session)` holds.
+    A `Session` that stands for the one the request has *now*: after `new_session()` it is
+    the new one, as `current_session()` is, so code holding `request.freeplay_session` never
+    records into the conversation the user just left. Its fields (and so the SDK's own
+    methods, `create_trace` ...) read that session.
     """
 
-    __slots__ = ("_binding",)
+    _binding: SessionBinding
 
-    def __init__(self, binding: SessionBinding) -> None:
-        object.__setattr__(self, "_binding", binding)
+    def __init__(self, binding: SessionBinding) -> None:  # no super(): it has no fields
+        self._binding = binding
 
-    @property  # type: ignore[misc]
-    def __class__(self) -> type:  # lets isinstance() see the SDK Session
-        return type(self._binding.session)
+    @property
+    def session_id(self) -> str:
+        return str(self._binding.session.session_id)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._binding.session, name)
+    @session_id.setter
+    def session_id(self, value: str) -> None:
+        self._binding.session.session_id = value
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._binding.session, name, value)
+    @property
+    def custom_metadata(self) -> Any:
+        return self._binding.session.custom_metadata
+
+    @custom_metadata.setter
+    def custom_metadata(self, value: Any) -> None:
+        self._binding.session.custom_metadata = value
+
+    @property
+    def _session_info(self) -> Any:  # type: ignore[override]
+        return self._binding.session._session_info
+
+    @property
+    def _call_support(self) -> Any:  # type: ignore[override]
+        return self._binding.session._call_support
 
     def __eq__(self, other: object) -> bool:
-        if type(other) is RequestSession:
+        if isinstance(other, RequestSession):
             other = other._binding.session
         return bool(self._binding.session == other)
 
@@ -174,22 +185,33 @@ class RequestSession:
         return f"<RequestSession {self._binding.session_id}>"
 
 
+class FreeplayHttpRequest(HttpRequest):
+    """For type hints in views, like django-htmx's `HtmxHttpRequest`::
+
+        def chat(request: FreeplayHttpRequest) -> HttpResponse:
+            request.freeplay_session.session_id
+
+    `freeplay_session` is None on an excluded path.
+    """
+
+    freeplay_session: Session | None
+
+
 def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rejection | None:
     """The request's binding, a `Rejection`, or None for an excluded path."""
     resolver = config.resolver
     exclude = resolver.exclude_paths
     if exclude and request.path.startswith(exclude):
-        setattr(request, REQUEST_ATTRIBUTE, None)
+        request.freeplay_session = None  # type: ignore[attr-defined]
         return None
     meta = request.META
     cookies = meta.get("HTTP_COOKIE")
     if cookies and "," in cookies and hasattr(request, "scope"):
         cookies = _scope_cookies(request.scope)
-    result = resolver.resolve(
-        meta.get(config.meta_key) if config.meta_key else None, cookies, request
-    )
+    key = resolver.environ_key
+    result = resolver.resolve(None if key is None else meta.get(key), cookies, request)
     if not isinstance(result, Rejection):
-        setattr(request, REQUEST_ATTRIBUTE, RequestSession(result))
+        request.freeplay_session = RequestSession(result)  # type: ignore[attr-defined]
     return result
 
 
@@ -213,61 +235,31 @@ def _add_session(
     config: DjangoConfig, request: HttpRequest, response: HttpResponseBase, binding: SessionBinding
 ) -> None:
     """Echo the session in the response header and cookie, replacing any value there."""
-    if config.echo_header and not binding.ended:
-        header: str = config.header  # type: ignore[assignment]
-        response[header] = binding.token
-        exposed = response.get(EXPOSE_HEADERS)
-        if not exposed:
-            response[EXPOSE_HEADERS] = header
-        else:  # merge with the list CORS middleware or the view set
-            listed = [value.strip().lower() for value in exposed.split(",")]
-            if header.lower() not in listed and "*" not in listed:
-                response[EXPOSE_HEADERS] = f"{exposed}, {header}"
-    if config.set_cookie:
-        secure = config.cookie_secure
+    resolver = config.resolver
+    value = resolver.echo(binding)
+    if value is not None:
+        response[resolver.header_name] = value  # type: ignore[index]
+        exposed = resolver.expose(response.get(EXPOSE_HEADERS))
+        if exposed is not None:
+            response[EXPOSE_HEADERS] = exposed
+    if resolver.set_cookie:
+        secure = config.settings.cookie_secure
         if secure is None:
             secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
-        _set_cookie(config, response, config.resolver.cookie(binding, secure))
-
-
-def _set_cookie(config: DjangoConfig, response: HttpResponseBase, set_cookie: str) -> None:
-    """Put the core's `Set-Cookie` value into `response.cookies`, replacing any cookie of
-    that name, so Django, its test client and other middleware see it as a cookie."""
-    pair, _, attributes = set_cookie.partition("; ")
-    name, _, value = pair.partition("=")
-    parsed = config.cookie_attributes.get(attributes)
-    if parsed is None:  # parsed once per distinct attribute string: secure or not, expiry
-        parsed = dict(SimpleCookie(f"x=; {attributes}")["x"])
-        config.cookie_attributes[attributes] = parsed
-    real, coded = _COOKIE_CODEC.value_encode(value)
-    response.cookies[name] = SessionCookie(name, real, coded, parsed, set_cookie)
-
-
-class SessionCookie(Morsel[str]):
-    """The session cookie in `response.cookies`: read and change it like any cookie.
-
-    Unless something changed it after the middleware, it is written out exactly as the
-    framework-neutral core built it (the same `Set-Cookie` text as in every other adapter).
-    """
-
-    written_as: tuple[str, str, str, dict[str, Any]] | None = None
-
-    def __init__(
-        self, key: str, value: str, coded_value: str, attributes: dict[str, Any], text: str
-    ) -> None:
-        # Morsel.__init__ only sets every attribute to "" and the key and value to None:
-        # `attributes` (every attribute, as Morsel parsed them from `text`) and set() do it.
-        dict.update(self, attributes)
-        self.set(key, value, coded_value)
-        self.written_as = (text, key, value, attributes)
-
-    def OutputString(self, attrs: Container[str] | None = None) -> str:
-        written_as = self.written_as
-        if written_as is not None and attrs is None:
-            text, key, value, attributes = written_as
-            if self.key == key and self.value == value and dict.__eq__(self, attributes):
-                return text
-        return super().OutputString(attrs)
+        cookie = resolver.cookie(binding, secure)
+        assert cookie is not None
+        a = cookie.attributes
+        response.set_cookie(
+            cookie.name,
+            cookie.value,
+            max_age=a.max_age,
+            expires=a.expires,
+            path=a.path,
+            domain=a.domain,
+            secure=a.secure,
+            httponly=a.httponly,
+            samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
+        )
 
 
 # -- streaming bodies ----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from ._context import (
     current_trace,
     new_session,
     require_session,
+    run_with_session,
     session_scope,
 )
 from ._errors import ConfigurationError, NoActiveSessionError
@@ -45,6 +46,7 @@ __all__ = [
     "record_trace_feedback",
     "recorder_stats",
     "require_session",
+    "run_with_session",
     "session_scope",
     "trace_scope",
     "update_session_metadata",

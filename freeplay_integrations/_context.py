@@ -8,12 +8,13 @@ a change made in any of them is what the adapter sees when it writes the respons
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar, Token
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._errors import NoActiveSessionError
 from ._ids import Signer, parse_session_id
@@ -31,6 +32,7 @@ __all__ = [
     "new_session",
     "require_binding",
     "require_session",
+    "run_with_session",
     "session_scope",
 ]
 
@@ -232,6 +234,36 @@ def _is_ancestor(trace: TraceInfo | None, handle: Any, open_traces: list[Any]) -
     return False
 
 
+def run_with_session(function: Callable[P, R]) -> Callable[P, R]:
+    """`function`, made to run with the current session (and trace) bound, in any thread.
+
+    For threads and executors you start yourself inside a request, which do not see the
+    request's context::
+
+        pool.submit(run_with_session(summarise), text)
+        threading.Thread(target=run_with_session(work)).start()
+
+    The session is taken now (raises `NoActiveSessionError` outside one), bound while the
+    function runs, and reset after; `new_session()` inside it changes the request's session.
+    """
+    binding = require_binding()
+    trace = current_trace()
+
+    @functools.wraps(function)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        token = bind(binding)
+        try:
+            trace_token = bind_trace(trace)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                unbind_trace(trace_token)
+        finally:
+            unbind(token)
+
+    return run
+
+
 def bind_trace(trace: TraceInfo | None) -> Token[TraceInfo | None]:
     return _trace.set(trace)
 
@@ -241,6 +273,8 @@ def unbind_trace(token: Token[TraceInfo | None]) -> None:
 
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class Scope(Generic[T]):

@@ -20,9 +20,12 @@ class NoActiveSessionError(LookupError):
         super().__init__(
             message
             or (
-                "No Freeplay session is bound here. Inside a web request, add the "
-                "freeplay_integrations middleware for your framework (ASGI, Django, Flask or "
-                "WSGI); outside one (scripts, workers, tests), wrap the code in "
+                "No Freeplay session is bound here. In a thread or executor you started "
+                "yourself inside a request, the request's session is not bound: wrap the "
+                "function with `freeplay_integrations.run_with_session(function)` before "
+                "handing it over. Inside a web request, add the freeplay_integrations "
+                "middleware for your framework (ASGI, Django, Flask or WSGI); outside one "
+                "(scripts, workers, tests), wrap the code in "
                 "`with freeplay_integrations.session_scope(client): ...`."
             )
         )

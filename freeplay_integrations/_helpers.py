@@ -11,15 +11,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 from uuid import UUID, uuid4
 
 from freeplay.model import FeedbackValue, JSONValue, SpanKind, TestRunInfo
 from freeplay.resources.recordings import RecordPayload, RecordResponse
 from freeplay.resources.sessions import TraceInfo
+
+if TYPE_CHECKING:
+    from freeplay.model import MediaInputBase64, MediaInputUrl
+    from freeplay.resources.prompts import PromptVersionInfo
+    from freeplay.resources.recordings import CallInfo, ResponseInfo
+    from typing_extensions import Unpack
 
 from ._context import (
     Scope,
@@ -44,6 +50,7 @@ from ._recording import (
 )
 
 __all__ = [
+    "RecordFields",
     "TraceHandle",
     "attach_session",
     "end_session",
@@ -100,7 +107,30 @@ def _send(binding: SessionBinding, op: Operation) -> str | None:
     return None
 
 
-def record(**fields: Any) -> RecordResponse:
+class _RecordRequired(TypedDict):
+    all_messages: Sequence[dict[str, Any]]
+
+
+class RecordFields(_RecordRequired, total=False):
+    """`record()`'s keyword arguments: `freeplay.RecordPayload`'s fields but `session_info`
+    (and `project_id` optional: it defaults to the bound project)."""
+
+    project_id: str
+    inputs: Mapping[str, Any] | None
+    prompt_version_info: PromptVersionInfo | None
+    call_info: CallInfo | None
+    media_inputs: dict[str, MediaInputUrl | MediaInputBase64] | None
+    tool_schema: list[dict[str, Any]] | None
+    output_schema: dict[str, Any] | None
+    response_info: ResponseInfo | None
+    test_run_info: TestRunInfo | None
+    eval_results: dict[str, bool | float] | None
+    parent_id: UUID | None
+    completion_id: UUID | None
+    trace_info: TraceInfo | None
+
+
+def record(**fields: Unpack[RecordFields]) -> RecordResponse:
     """Record a completion into the bound session, under the current trace.
 
     Takes every `freeplay.RecordPayload` field but `session_info`: `all_messages` (the
@@ -138,7 +168,9 @@ def record(**fields: Any) -> RecordResponse:
     if fields.get("completion_id") is None:
         fields["completion_id"] = uuid4()
     completion_id = str(fields["completion_id"])
-    payload = RecordPayload(session_info=binding.session.session_info, **fields)
+    payload = RecordPayload(
+        session_info=binding.session.session_info, **cast("dict[str, Any]", fields)
+    )
     answered = _send(binding, Operation(COMPLETION, project_id, binding.session_id, payload))
     if answered:
         completion_id = answered

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.utils
 import hashlib
 import hmac
 import io
@@ -217,9 +218,17 @@ class Reply:
 
 
 def session_cookie(set_cookie: str) -> tuple[str, str, frozenset[str]]:
-    """`(name, value, attributes)` of a `Set-Cookie` value."""
+    """`(name, value, attributes)` of a `Set-Cookie` value. A live cookie's `expires=`
+    (which Django's `set_cookie` derives from `Max-Age`) is left out, after checking it is
+    a date in the future: `Max-Age` wins in every browser."""
     pair, *attributes = [part.strip() for part in set_cookie.strip().split(";")]
     name, _, value = pair.partition("=")
+    if value:
+        for attribute in attributes:
+            if attribute.startswith("expires="):
+                expires = email.utils.parsedate_to_datetime(attribute[len("expires=") :])
+                assert expires.timestamp() > time.time(), set_cookie
+        attributes = [a for a in attributes if not a.startswith("expires=")]
     return name, value, frozenset(attributes)
 
 

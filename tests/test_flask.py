@@ -232,7 +232,9 @@ def test_malformed_keyword_names_the_keyword() -> None:
 
 
 def test_unknown_keyword_fails_at_construction() -> None:
-    with pytest.raises(ConfigurationError, match=r"Unknown freeplay_integrations option.*`projectid=`"):
+    with pytest.raises(
+        ConfigurationError, match=r"Unknown freeplay_integrations option.*`projectid=`"
+    ):
         FreeplaySessions(projectid="p")
 
 

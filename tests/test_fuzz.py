@@ -368,7 +368,8 @@ def session_of(token: str, mode: str) -> str:
     if mode == "signed":
         session_id = reference_unsign(token, SECRETS[:1])
         assert session_id is not None, f"not signed with the first secret: {token!r}"
-        assert token == reference_sign(session_id, SECRETS[0])
+        issued = int(token.split(".")[1], 36)
+        assert token == reference_sign(session_id, SECRETS[0], issued)  # canonical form
         return session_id
     assert reference_session_id(token) == token, f"not a canonical UUID v4: {token!r}"
     return token

@@ -19,10 +19,9 @@ MAX_ID_LENGTH = 64
 #: signs nothing there that verifies here, and the other way round.
 SIGNING_PURPOSE = b"freeplay_integrations.session-id.v2"
 
-_UUID4 = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-    re.ASCII | re.IGNORECASE,
-)
+_match_uuid4 = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.ASCII
+).fullmatch
 _SIGNATURE_LENGTH = 43  # base64url of a SHA-256 digest, without padding
 _MAX_STAMP_LENGTH = 8  # base 36 seconds since the epoch: 7 digits until the year 4453
 _DIGITS36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -36,16 +35,21 @@ def parse_session_id(value: str) -> str | None:
     Only the canonical hyphenated form is accepted, in any case: braces, `urn:uuid:` prefixes
     and hyphen-less forms are refused, as Freeplay's API refuses them.
     """
-    if len(value) > MAX_ID_LENGTH or _UUID4.fullmatch(value) is None:
+    if len(value) != 36 or not value.isascii():  # the canonical form, and nothing longer
         return None
-    return value.lower()
+    value = value.lower()
+    return value if _match_uuid4(value) is not None else None
+
+
+#: The variant nibble of a UUID v4 ("10xx"), by the random hex digit it replaces.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def new_session_id() -> str:
-    """A random UUID v4, canonical form (what `sessions.create()` would pick), made cheaply."""
+    """A random UUID v4, canonical form (what `sessions.create()` would pick), made cheaply:
+    16 bytes from `os.urandom`, as `uuid.uuid4()`, at a third of its cost."""
     h = os.urandom(16).hex()
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def _base36(number: int) -> str:

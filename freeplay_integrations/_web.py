@@ -141,6 +141,7 @@ class SessionResolver:
 
     __slots__ = (
         "_attributes",
+        "_expired_text",
         "cookie_name",
         "echo_header",
         "environ_key",
@@ -186,6 +187,10 @@ class SessionResolver:
             )
             for https in (False, True)
             for expire in (False, True)
+        }
+        self._expired_text = {
+            https: f"{self.cookie_name}=; {self._attributes[https, True].text}"
+            for https in (False, True)
         }
 
     def is_excluded(self, path: str) -> bool:
@@ -296,6 +301,18 @@ class SessionResolver:
         if header.lower() in listed or "*" in listed:
             return None
         return f"{existing}, {header}"
+
+    def cookie_fragments(self, secure: bool) -> tuple[str, str]:
+        """The constant text around the token in a live cookie's `Set-Cookie` value:
+        `prefix + token + suffix`, for adapters that precompute their header bytes."""
+        return f"{self.cookie_name}=", f"; {self._attributes[secure, False].text}"
+
+    def cookie_header(self, binding: SessionBinding, secure: bool) -> str:
+        """`cookie(binding, secure).header`, without building the cookie object (the raw
+        `Set-Cookie` value, for adapters that write raw headers). Only with `set_cookie`."""
+        if binding.ended:
+            return self._expired_text[secure]
+        return f"{self.cookie_name}={binding.token}; {self._attributes[secure, False].text}"
 
     def cookie(self, binding: SessionBinding, secure: bool) -> SessionCookie | None:
         """The cookie for the response: the session's token, or an expiry after

@@ -61,10 +61,12 @@ class FreeplaySessionMiddleware:
         self.resolver = resolver = SessionResolver(self.settings)
         self._header_key = resolver.header_key if resolver.environ_key else None
         self._echo_key = resolver.header_key if resolver.echo_header else None
-        self._expose_value = (
-            resolver.expose_default.encode("latin-1") if resolver.expose_default else b""
-        )
+        self._expose_header = (_EXPOSE, (resolver.expose_default or "").encode("latin-1"))
         self._set_cookie = resolver.set_cookie
+        self._cookie_fragments = {
+            secure: tuple(part.encode("latin-1") for part in resolver.cookie_fragments(secure))
+            for secure in (False, True)
+        }
         self._exclude_paths = resolver.exclude_paths
         self._connection: Any = _connection_class() if resolver.wants_request else None
 
@@ -154,26 +156,31 @@ class FreeplaySessionMiddleware:
         await self.app(scope, receive, send_with_session)
 
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
-        """`message` (a response start or websocket accept) with the session headers added."""
-        headers = message.get("headers")
-        headers = [] if headers is None else list(headers)
-        resolver = self.resolver
+        """`message` (a response start or websocket accept) with the session headers added.
+
+        The headers are copied first, as Starlette's `MutableHeaders(scope=message)` does: the
+        app's list may be a response object's own, reused across requests."""
+        headers = message["headers"] = list(message.get("headers") or ())
+        if binding.ended:  # end_session(): no header, and the cookie's expiry
+            if self._set_cookie:
+                cookie = self.resolver.cookie_header(binding, secure)
+                headers.append((_SET_COOKIE, cookie.encode("latin-1")))
+            return message
+        token = binding.token.encode("latin-1")
         key = self._echo_key
-        if key is not None and not binding.ended:
+        if key is not None:
             for index, (name, value) in enumerate(headers):
                 if name == _EXPOSE:  # merge with the app's own (CORS) list
-                    merged = resolver.expose(value.decode("latin-1"))
+                    merged = self.resolver.expose(value.decode("latin-1"))
                     if merged is not None:
                         headers[index] = (name, merged.encode("latin-1"))
                     break
             else:
-                headers.append((_EXPOSE, self._expose_value))
-            headers.append((key, binding.token.encode("latin-1")))
+                headers.append(self._expose_header)
+            headers.append((key, token))
         if self._set_cookie:
-            cookie = resolver.cookie(binding, secure)
-            assert cookie is not None
-            headers.append((_SET_COOKIE, cookie.header.encode("latin-1")))
-        message["headers"] = headers
+            prefix, suffix = self._cookie_fragments[secure]
+            headers.append((_SET_COOKIE, prefix + token + suffix))
         return message
 
     async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:

@@ -150,9 +150,8 @@ class FreeplaySessionMiddleware:
                     break
             else:
                 headers.append((EXPOSE_HEADERS, resolver.expose_default))  # type: ignore[arg-type]
-        cookie = resolver.cookie(binding, secure)
-        if cookie is not None:
-            headers.append(("Set-Cookie", cookie.header))
+        if resolver.set_cookie:
+            headers.append(("Set-Cookie", resolver.cookie_header(binding, secure)))
         return headers
 
 

@@ -8,7 +8,9 @@ header and cookie parsing, validation, signing and cookie building exist once.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
+from email.utils import formatdate
 from typing import Any
 
 from ._config import Settings
@@ -82,11 +84,22 @@ class CookieAttributes:
     """The attributes of the session cookie in one response kind (live or expiring, over
     https or not), computed once; `text` is them as a `Set-Cookie` fragment."""
 
-    __slots__ = ("domain", "expires", "httponly", "max_age", "path", "samesite", "secure", "text")
+    __slots__ = (
+        "_expires",
+        "domain",
+        "expire",
+        "httponly",
+        "max_age",
+        "path",
+        "samesite",
+        "secure",
+        "text",
+    )
 
     def __init__(self, settings: Settings, *, secure: bool, expire: bool) -> None:
+        self.expire = expire
+        self._expires = (-1, EXPIRED)
         self.max_age = 0 if expire else settings.cookie_max_age
-        self.expires = EXPIRED if expire else None
         self.path = settings.cookie_path
         self.domain = settings.cookie_domain
         self.samesite = settings.cookie_samesite
@@ -104,6 +117,18 @@ class CookieAttributes:
         if secure:
             parts.append("Secure")
         self.text = "; ".join(parts)
+
+    @property
+    def expires(self) -> str:
+        """`Expires` as an HTTP date: `Max-Age` from now (computed once a second), or the
+        epoch for an expiring cookie. Raw-header adapters send `Max-Age` alone."""
+        if self.expire:
+            return EXPIRED
+        now = int(time.time())
+        cached = self._expires
+        if cached[0] != now:
+            cached = self._expires = (now, formatdate(now + self.max_age, usegmt=True))
+        return cached[1]
 
     def __repr__(self) -> str:
         return f"<CookieAttributes {self.text}>"

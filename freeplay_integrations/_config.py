@@ -235,7 +235,11 @@ class Option:
 
     @property
     def documented_default(self) -> str:
-        return self.default_doc if self.default_doc is not None else f"`{self.default!r}`"
+        if self.default_doc is not None:
+            return self.default_doc
+        if isinstance(self.default, str):
+            return f'`"{self.default}"`'
+        return f"`{self.default!r}`"
 
 
 OPTIONS: tuple[Option, ...] = (

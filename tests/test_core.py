@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -360,3 +361,84 @@ def test_the_asgi_middleware_works_without_starlette() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+# --- the option table ---------------------------------------------------------------------
+
+
+def _reference_rows() -> list[str]:
+    from freeplay_integrations._config import OPTIONS
+
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    return [
+        f"| `{o.name}` | `{escape(o.type)}` | {escape(o.documented_default)} | {escape(o.doc)} |"
+        for o in OPTIONS
+    ]
+
+
+def test_the_readme_configuration_reference_is_the_option_table() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert rows == _reference_rows()
+
+
+def test_the_typed_options_are_the_option_table() -> None:
+    from freeplay_integrations._config import OPTION_NAMES, FreeplayOptions
+
+    assert tuple(FreeplayOptions.__annotations__) == OPTION_NAMES
+    assert FreeplayOptions.__required_keys__ == frozenset()
+
+
+def test_flask_config_defaults_come_from_the_option_table() -> None:
+    pytest.importorskip("flask")
+    from freeplay_integrations._config import OPTIONS
+    from freeplay_integrations.flask import CONFIG_DEFAULTS
+
+    assert dict(CONFIG_DEFAULTS) == {o.name: o.default for o in OPTIONS}
+
+
+def test_every_mistake_is_reported_at_once(client: Freeplay) -> None:
+    options = {
+        "on_invalid": "ignore",
+        "cookie_samesite": "loose",
+        "recording": "later",
+        "sesion_header": "X-A",
+        "exclude_paths": ["health"],
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        settings(client, **options)
+    message = str(caught.value)
+    for expected in ("`on_invalid=`", "`cookie_samesite=`", "`recording=`", "`sesion_header=`"):
+        assert expected in message
+    assert "starting with '/'" in message
+    errors = Settings.check({"client": client, "project_id": "p", **options}, environ={})
+    assert sorted(e.option for e in errors) == [
+        "",
+        "cookie_samesite",
+        "exclude_paths",
+        "on_invalid",
+        "recording",
+    ]
+
+
+def test_a_validator_runs_once_per_check(client: Freeplay, monkeypatch: Any) -> None:
+    from freeplay_integrations import _config
+
+    calls: list[object] = []
+    option = next(o for o in _config.OPTIONS if o.name == "on_invalid")
+
+    def counting(value: Any, name: Any) -> Any:
+        calls.append(value)
+        return option.validate(value, name)
+
+    replaced = tuple(
+        dataclasses.replace(o, validate=counting) if o is option else o for o in _config.OPTIONS
+    )
+    monkeypatch.setattr(_config, "OPTIONS", replaced)
+    Settings.check({"client": client, "project_id": "p", "on_invalid": "bad", "recording": "x"})
+    assert calls == ["bad"]

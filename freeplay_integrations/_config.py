@@ -118,12 +118,12 @@ class OptionError(ConfigurationError):
         self.message = message
 
 
-class _Errors(ConfigurationError):
-    """Every mistake `Settings.from_options` found, in one error (one line each)."""
-
-    def __init__(self, errors: Sequence[OptionError]) -> None:
-        super().__init__("\n".join(e.message for e in errors))
-        self.errors = tuple(errors)
+def _all_errors(errors: Sequence[OptionError]) -> ConfigurationError:
+    """Every mistake `Settings.from_options` found, in one error (one line each); the
+    `errors` attribute holds them one by one."""
+    error = ConfigurationError("\n".join(e.message for e in errors))
+    error.errors = tuple(errors)  # type: ignore[attr-defined]
+    return error
 
 
 # -- validators of one value each (`Option.validate`) -------------------------------------
@@ -437,7 +437,7 @@ class Settings:
         """
         settings, errors = cls._build(options, name, environ)
         if errors:
-            raise errors[0] if len(errors) == 1 else _Errors(errors)
+            raise _all_errors(errors)
         assert settings is not None
         return settings
 

@@ -3,7 +3,7 @@
     from freeplay_integrations.asgi import FreeplaySessionMiddleware
 
     app = FreeplaySessionMiddleware(app, project_id="...")        # outermost: best
-    app.add_middleware(FreeplaySessionMiddleware, project_id="...")  # Starlette / FastAPI
+    app.add_middleware(FreeplaySessionMiddleware.configure(project_id="..."))  # FastAPI
 
 Wrapping the whole app (the first form) puts the middleware outside Starlette's
 `ServerErrorMiddleware`, so even the 500 of an unhandled exception carries the session
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
@@ -56,9 +57,32 @@ class FreeplaySessionMiddleware:
     """
 
     def __init__(self, app: ASGIApp, /, **options: Unpack[FreeplayOptions]) -> None:
+        self._setup(app, Settings.from_options(options))
+
+    @classmethod
+    def configure(cls, **options: Unpack[FreeplayOptions]) -> Callable[[ASGIApp], ASGIApp]:
+        """Validate `options` now and return the factory `add_middleware` takes::
+
+            app.add_middleware(FreeplaySessionMiddleware.configure(project_id="..."))
+
+        Starlette builds its middleware at the first request (or lifespan event), so a
+        mistake passed to a plain `add_middleware(FreeplaySessionMiddleware, ...)` only shows
+        then; here it raises `ConfigurationError` at once, when your module is imported, and
+        `uvicorn main:app` stops before serving. The app stays a FastAPI/Starlette object.
+        """
+        settings = Settings.from_options(options)
+
+        def factory(app: ASGIApp, /) -> ASGIApp:
+            middleware = cls.__new__(cls)
+            middleware._setup(app, settings)
+            return middleware
+
+        return factory
+
+    def _setup(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.settings = Settings.from_options(options)
-        self.resolver = resolver = SessionResolver(self.settings)
+        self.settings = settings
+        self.resolver = resolver = SessionResolver(settings)
         self._header_key = resolver.header_key if resolver.environ_key else None
         self._echo_key = resolver.header_key if resolver.echo_header else None
         self._expose_header = (_EXPOSE, (resolver.expose_default or "").encode("latin-1"))

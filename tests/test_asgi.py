@@ -620,3 +620,68 @@ def test_authorize_session_can_answer_403(client: Freeplay) -> None:
     assert HEADER not in response.headers
     assert allowed.json()["session_id"] == theirs
     assert len(seen) == 1  # the app ran only for the allowed request
+
+
+# -- FreeplaySessionMiddleware.configure: add_middleware, validated at once ---------------
+
+
+def test_configure_raises_a_configuration_error_at_once(client: Freeplay) -> None:
+    from freeplay_integrations import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="`on_invalid=`"):
+        FreeplaySessionMiddleware.configure(client=client, project_id="p", on_invalid="rejct")  # type: ignore[typeddict-item]
+
+
+def test_configure_keeps_the_app_a_fastapi_app_with_the_session_on_a_500(
+    client: Freeplay,
+) -> None:
+    app = FastAPI()
+    app.add_middleware(FreeplaySessionMiddleware.configure(client=client, project_id="p"))
+    app.state.greeting = "hello"
+
+    def real_greeting() -> str:
+        return "real"
+
+    from fastapi import Depends
+
+    @app.get("/greet")
+    async def greet(session: CurrentSession, greeting: str = Depends(real_greeting)) -> dict:  # type: ignore[type-arg]
+        return {"session": session.session_id, "greeting": greeting}
+
+    @app.get("/boom")
+    async def boom(session: CurrentSession) -> None:
+        raise RuntimeError("boom")
+
+    app.dependency_overrides[real_greeting] = lambda: "overridden"
+    assert isinstance(app, FastAPI)
+    with TestClient(app, raise_server_exceptions=False) as http:
+        ok = http.get("/greet")
+        assert ok.json() == {"session": ok.headers[HEADER], "greeting": "overridden"}
+        failed = http.get("/boom", headers={HEADER: ok.headers[HEADER]})
+        assert failed.status_code == 500
+        assert failed.headers[HEADER] == ok.headers[HEADER]
+    assert current_session() is None
+
+
+def test_uvicorn_stops_at_start_up_on_a_bad_configuration(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    (tmp_path / "badapp.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from freeplay_integrations.asgi import FreeplaySessionMiddleware\n"
+        "app = FastAPI()\n"
+        "app.add_middleware(FreeplaySessionMiddleware.configure(\n"
+        "    api_key='k', api_base='http://127.0.0.1:9/api', project_id='p', recording='later'\n"
+        "))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "badapp:app", "--host", "127.0.0.1", "--port", "0"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ConfigurationError" in result.stderr and "`recording=`" in result.stderr
+    assert "Uvicorn running" not in result.stderr

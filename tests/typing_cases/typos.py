@@ -16,6 +16,7 @@ app = FastAPI()
 app.add_middleware(asgi.FreeplaySessionMiddleware, projet_id="p")  # error
 app.add_middleware(asgi.FreeplaySessionMiddleware, on_invalid="rejct")  # error
 asgi.FreeplaySessionMiddleware(app=Starlette(), project_id="p")  # error
+app.add_middleware(asgi.FreeplaySessionMiddleware.configure(sesion_cookie="c"))  # error
 wsgi.FreeplaySessionMiddleware(Flask(__name__).wsgi_app, cookie_max_age="1d")  # error
 FreeplaySessions(Flask(__name__), recordng="sync")  # error
 fi.record(all_mesages=[{"role": "assistant", "content": "hi"}])  # error

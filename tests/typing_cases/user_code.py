@@ -34,6 +34,8 @@ fastapi_app.add_middleware(
     exclude_paths=["/health"],
 )
 
+fastapi_app.add_middleware(asgi.FreeplaySessionMiddleware.configure(client=client, project_id="p"))
+
 flask_app = Flask(__name__)
 FreeplaySessions(flask_app, client=client, project_id="p", recording="sync")
 flask_app.wsgi_app = wsgi.FreeplaySessionMiddleware(  # type: ignore[method-assign]

@@ -54,6 +54,8 @@ LOG_UNHANDLED = "freeplay_integrations: unhandled exception in the WSGI app; ans
 #: Body of the middleware's own 500 answer.
 SERVER_ERROR_BODY = b"Internal Server Error"
 
+_EXPOSE_LOWER = EXPOSE_HEADERS.lower()
+_EXPOSE_LENGTH = len(EXPOSE_HEADERS)
 _SERVER_ERROR_STATUS = "500 Internal Server Error"
 _SERVER_ERROR_HEADERS = (
     ("Content-Type", "text/plain; charset=utf-8"),
@@ -92,7 +94,10 @@ class FreeplaySessionMiddleware:
 
     def _configure(self, settings: Settings) -> None:
         self.settings = settings
-        self.resolver = SessionResolver(settings)
+        self.resolver = resolver = SessionResolver(settings)
+        self._cookie_fragments = {
+            secure: resolver.cookie_fragments(secure) for secure in (False, True)
+        }
 
     # -- hooks a framework adapter may override -----------------------------------------
 
@@ -139,19 +144,24 @@ class FreeplaySessionMiddleware:
         """`headers` plus the session header, `Set-Cookie` and `Access-Control-Expose-Headers`."""
         headers = list(headers)
         resolver = self.resolver
-        value = resolver.echo(binding)
-        if value is not None:
-            headers.append((resolver.header_name, value))  # type: ignore[arg-type]
+        if binding.ended:  # end_session(): no header, and the cookie's expiry
+            if resolver.set_cookie:
+                headers.append(("Set-Cookie", resolver.cookie_header(binding, secure)))
+            return headers
+        token = binding.token
+        if resolver.echo_header:
             for index, (name, existing) in enumerate(headers):
-                if name.lower() == "access-control-expose-headers":
+                if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
                     merged = resolver.expose(existing)
                     if merged is not None:
                         headers[index] = (name, merged)
                     break
             else:
                 headers.append((EXPOSE_HEADERS, resolver.expose_default))  # type: ignore[arg-type]
+            headers.append((resolver.header_name, token))  # type: ignore[arg-type]
         if resolver.set_cookie:
-            headers.append(("Set-Cookie", resolver.cookie_header(binding, secure)))
+            prefix, suffix = self._cookie_fragments[secure]
+            headers.append(("Set-Cookie", prefix + token + suffix))
         return headers
 
 

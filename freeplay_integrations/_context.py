@@ -17,7 +17,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._errors import NoActiveSessionError
-from ._ids import Signer, parse_session_id
+from ._ids import Signer, new_session_id, parse_session_id
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -74,10 +74,10 @@ class SessionBinding:
     ) -> None:
         if session is not None:
             self._session_id = str(session.session_id)
-        elif session_id is not None:
-            self._session_id = session_id
         else:
-            raise TypeError("SessionBinding needs a session or a session_id")
+            # The one way every adapter, Celery and `session_scope` start or resume a
+            # session: by ID, the SDK `Session` built on first use (see `session`).
+            self._session_id = new_session_id() if session_id is None else session_id
         self._session = session
         self._metadata = custom_metadata
         self._token: str | None = None
@@ -343,14 +343,16 @@ class session_scope(Scope["Session"]):
         self._tokens: list[Token[SessionBinding | None]] = []
 
     def _enter(self) -> Session:
-        sessions = self._client.sessions
-        if self._session_id is None:
-            session = sessions.create(custom_metadata=self._metadata)
-        else:
-            session = sessions.restore_session(self._session_id, custom_metadata=self._metadata)
-        binding = SessionBinding(session, self._client, self._project_id, recording=self._recording)
+        binding = SessionBinding(
+            None,
+            self._client,
+            self._project_id,
+            recording=self._recording,
+            session_id=self._session_id,
+            custom_metadata=self._metadata,
+        )
         self._tokens.append(bind(binding))
-        return session
+        return binding.session
 
     def _exit(self) -> None:
         unbind(self._tokens.pop())

@@ -15,7 +15,7 @@ from typing import Any
 
 from ._config import Settings
 from ._context import SessionBinding
-from ._ids import new_session_id, parse_session_id
+from ._ids import parse_session_id
 from ._recording import prepare_recorder
 
 __all__ = [
@@ -268,14 +268,14 @@ class SessionResolver:
         metadata = None if settings.session_metadata is None else self._metadata(request)
         # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
         # never touch it (assets, health checks) do not pay for it. A new one gets its ID
-        # here, as `sessions.create()` would.
+        # from SessionBinding, as `sessions.create()` would.
         return SessionBinding(
             None,
             settings.client,
             settings.project_id,
             recording=settings.recording,
             signer=settings.signer,
-            session_id=new_session_id() if session_id is None else session_id,
+            session_id=session_id,
             custom_metadata=metadata,
         )
 

@@ -60,7 +60,7 @@ from ._context import (
     unbind_trace,
 )
 from ._errors import ConfigurationError
-from ._ids import MAX_ID_LENGTH, new_session_id, parse_session_id
+from ._ids import MAX_ID_LENGTH, parse_session_id
 from ._recording import flush
 
 if TYPE_CHECKING:
@@ -262,7 +262,6 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
             settings.client,
             settings.project_id,
             recording=settings.recording,
-            session_id=new_session_id(),
         )
         trace = None
     else:

@@ -212,3 +212,55 @@ def test_weak_or_malformed_secrets_fail_at_start_up(secret: object, message: str
             signing_secret=secret,
         )
     assert "`signing_secret=`" in str(caught.value)
+
+
+# -- per-purpose keys and max age ------------------------------------------------------------
+
+
+def test_a_raw_hmac_with_the_same_secret_does_not_verify() -> None:
+    """Another app that HMACs a UUID with the same (reused) secret mints nothing valid here:
+    neither the 0.1 format nor the new format with the raw secret as key."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    from freeplay_integrations._ids import Signer
+
+    session_id = str(uuid.uuid4())
+    signer = Signer([NEW])
+    raw = hmac.new(NEW.encode(), session_id.encode(), hashlib.sha256).digest()
+    legacy = session_id + "." + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    message = f"{session_id}.{int(time.time()):x}"
+    raw_key = hmac.new(NEW.encode(), message.encode(), hashlib.sha256).digest()
+    same_format = message + "." + base64.urlsafe_b64encode(raw_key).decode().rstrip("=")
+    assert signer.unsign(legacy) is None
+    assert signer.unsign(same_format) is None
+    assert signer.unsign(signer.sign(session_id)) == session_id
+
+
+def test_signed_max_age_refuses_old_tokens_and_rotation_still_works() -> None:
+    import time
+
+    session_id = str(uuid.uuid4())
+    hour_ago = reference_sign(session_id, OLD, time.time() - 3600)
+    fresh = reference_sign(session_id, OLD)
+    with open_driver("asgi", signing_secret=[NEW, OLD], signed_max_age=600) as driver:
+        assert driver.request([(HEADER_KEY, fresh.encode())]).body.decode() == session_id
+        stale = driver.request([(HEADER_KEY, hour_ago.encode())])
+        assert stale.status == 200 and stale.body.decode() != session_id
+        [answer] = driver.request([(HEADER_KEY, fresh.encode())]).all(HEADER)
+        assert reference_unsign(answer, (NEW,), max_age=600) == session_id  # re-signed, NEW
+    with open_driver("asgi", signing_secret=[NEW, OLD]) as driver:  # no max age: accepted
+        assert driver.request([(HEADER_KEY, hour_ago.encode())]).body.decode() == session_id
+
+
+def test_signed_max_age_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="`signed_max_age=` must be a number of seconds"):
+        FreeplaySessionMiddleware(
+            lambda scope, receive, send: None,  # type: ignore[arg-type,return-value]
+            client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
+            project_id="p",
+            signing_secret=NEW,
+            signed_max_age=-5,
+        )

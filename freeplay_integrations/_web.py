@@ -22,6 +22,7 @@ __all__ = [
     "EXPIRED",
     "EXPOSE_HEADERS",
     "INVALID_ID_REASON",
+    "KNOWN_VALUES",
     "UNAUTHORIZED_REASON",
     "CookieAttributes",
     "Rejection",
@@ -32,6 +33,9 @@ __all__ = [
 
 logger = logging.getLogger("freeplay_integrations")
 
+_HEADER = "header"
+#: How many valid session values a resolver remembers (see `SessionResolver.parse`).
+KNOWN_VALUES = 4096
 #: The response header that lets browser code read the session header.
 EXPOSE_HEADERS = "Access-Control-Expose-Headers"
 #: The `Expires` of a cookie that is being removed.
@@ -166,7 +170,13 @@ class SessionResolver:
 
     __slots__ = (
         "_attributes",
+        "_client",
         "_expired_text",
+        "_known",
+        "_project_id",
+        "_recording",
+        "_signer",
+        "_sources",
         "cookie_name",
         "echo_header",
         "environ_key",
@@ -181,6 +191,12 @@ class SessionResolver:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._known: dict[str, tuple[str, int | None]] = {}
+        self._sources = tuple(_HEADER if s == _HEADER else "cookie" for s in settings.sources)
+        self._client = settings.client
+        self._project_id = settings.project_id
+        self._recording = settings.recording
+        self._signer = settings.signer
         # Every adapter builds its resolver at start-up: the recorder's exit hooks
         # (SIGTERM included) go in place now, from the thread that builds the app.
         prepare_recorder(settings.client)
@@ -222,11 +238,29 @@ class SessionResolver:
         return bool(self.exclude_paths) and path.startswith(self.exclude_paths)
 
     def parse(self, raw: str) -> str | None:
-        """The session ID in a value a client sent, or None if it is not valid."""
+        """The session ID in a value a client sent, or None if it is not valid.
+
+        Values found valid are remembered (up to `KNOWN_VALUES`, then forgotten all at once),
+        so a returning client's ID, or signed token, is not parsed and verified again on
+        every request; with `signed_max_age`, until its token expires. Invalid values are
+        never remembered."""
+        known = self._known.get(raw)
+        if known is not None and (known[1] is None or time.time() <= known[1]):
+            return known[0]
         signer = self.settings.signer
-        if signer is not None:
-            return signer.unsign(raw)
-        return parse_session_id(raw)
+        if signer is None:
+            session_id = parse_session_id(raw)
+            deadline = None
+        else:
+            session_id = signer.unsign(raw)
+            deadline = None
+            if session_id is not None and signer.max_age is not None:
+                deadline = int(raw.split(".")[1], 36) + signer.max_age
+        if session_id is not None:
+            if len(self._known) >= KNOWN_VALUES:
+                self._known.clear()
+            self._known[raw] = (session_id, deadline)
+        return session_id
 
     def resolve(
         self,
@@ -242,8 +276,8 @@ class SessionResolver:
         """
         settings = self.settings
         session_id: str | None = None
-        for source in settings.sources:
-            if source == "header":
+        for source in self._sources:
+            if source is _HEADER:
                 raw = header_value
             elif cookie_header:
                 raw = cookie_value(cookie_header, self.cookie_name)  # type: ignore[arg-type]
@@ -271,10 +305,10 @@ class SessionResolver:
         # from SessionBinding, as `sessions.create()` would.
         return SessionBinding(
             None,
-            settings.client,
-            settings.project_id,
-            recording=settings.recording,
-            signer=settings.signer,
+            self._client,
+            self._project_id,
+            recording=self._recording,
+            signer=self._signer,
             session_id=session_id,
             custom_metadata=metadata,
         )

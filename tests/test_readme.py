@@ -10,6 +10,8 @@ How a block is run:
   `# conftest.py`, `# myapp/views.py`) is written to that file. The files of the blocks
   before it under the same heading are written too, so a section can show a small project
   file by file (an app, its `conftest.py`, its tests).
+- A block of another language whose first line names a file the same way
+  (`# pytest.ini`) is only written to that file, for the Python blocks after it.
 - A block that defines a `test_...` function is run with pytest (and must pass, with at
   least one test); any other block with `python`.
 - A block right after the line `<!-- fragment: <reason> -->` is not run: it cannot run
@@ -35,7 +37,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 FRAGMENT = re.compile(r"<!--\s*fragment:(?P<reason>.*?)-->")
 HEADING = re.compile(r"#{1,6}\s+(?P<title>.+)")
-FILE_COMMENT = re.compile(r"#\s*(?P<path>[\w./-]+\.py)\b")
+FILE_COMMENT = re.compile(r"#\s*(?P<path>[\w./-]+\.(py|ini|toml|cfg))\b.*")
 DEFINES_TEST = re.compile(r"^(async\s+)?def test_", re.MULTILINE)
 
 #: Time limit of one block (a block under pytest starts servers and an interpreter).
@@ -77,11 +79,13 @@ def parse_blocks(text: str) -> list[Block]:
         while end < len(lines) and lines[end].strip() != ticks:
             end += 1
         code = "\n".join(lines[i + 1 : end]) + "\n"
+        first = code.splitlines()[0] if code.strip() else ""
+        named = FILE_COMMENT.fullmatch(first.strip())
+        if lang != "python" and named is not None:
+            files[named["path"]] = code  # a config file of the section's project (pytest.ini)
         if lang == "python":
             previous = lines[i - 1].strip() if i > 0 else ""
             marker = FRAGMENT.fullmatch(previous)
-            first = code.splitlines()[0] if code.strip() else ""
-            named = FILE_COMMENT.fullmatch(first.strip())
             block = Block(
                 line=i + 1,
                 heading=heading,
@@ -188,3 +192,19 @@ def test_parser_understands_the_conventions() -> None:
     assert test.filename == "test_main.py"
     assert test.section_files == {"main.py": "# main.py\nx = 1\n"}
     assert (other.heading, other.section_files, other.filename) == ("B", {}, None)
+
+
+def test_config_blocks_become_files_of_the_section() -> None:
+    text = "## A\n```ini\n# pytest.ini\n[pytest]\n```\n```python\ndef test_x():\n    pass\n```\n"
+
+    [block] = parse_blocks(text)
+
+    assert block.section_files == {"pytest.ini": "# pytest.ini\n[pytest]\n"}
+
+
+def test_links_and_images_work_on_pypi() -> None:
+    # PyPI renders the README away from the repository: relative targets break there.
+    targets = re.findall(r"\]\(([^)\s]+)\)", README.read_text(encoding="utf-8"))
+
+    relative = [t for t in targets if not t.startswith(("https://", "http://", "#"))]
+    assert targets and relative == []

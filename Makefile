@@ -72,7 +72,7 @@ bench-pytest: $(DEV_STAMP)
 
 # Load, faults and SIGTERM in every adapter over real servers; rewrites RELIABILITY.md.
 reliability: $(DEV_STAMP)
-	$(BIN)/python bench/reliability.py
+	$(BIN)/pytest -m reliability tests/test_reliability.py && $(BIN)/python bench/reliability.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts dist build

@@ -272,3 +272,12 @@ def test_version_is_the_distributions() -> None:
         pytest.skip("freeplay-integrations is not installed (pip install -e .)")
 
     assert freeplay_integrations.__version__ == dist.version
+
+
+def test_the_lazy_table_names_every_public_name() -> None:
+    # A name added to `__all__` must also say which module defines it (and vice versa).
+    import freeplay_integrations
+
+    assert set(freeplay_integrations._MODULES) == set(freeplay_integrations.__all__) - {
+        "__version__"
+    }

@@ -1,31 +1,55 @@
 # Everything a fresh machine (python3 and nothing else) needs, from two commands:
 #   make demo   the FastAPI example chat app recording into the local Freeplay server
-#   make test   ruff, mypy --strict on the package, and the test suite
+#   make test   ruff, mypy --strict on the package, the test suite, and the built sdist/wheel
+#               checked as PyPI will check them
+# Tools come from pyproject's [dependency-groups] (PEP 735), installed with pip's `--group`
+# (pip >= 25.1, which the venv gets first).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip
+VENV_STAMP := $(VENV)/.venv
+DEV_STAMP := $(VENV)/.installed-dev
+DEMO_STAMP := $(VENV)/.installed-demo
+DIST_DIR ?= $(VENV)/dist
 
-.PHONY: install test lint typecheck pytest demo demo-fastapi demo-flask demo-django bench reliability clean
+.PHONY: install test lint typecheck pytest dist-check demo demo-fastapi demo-flask demo-django bench bench-pytest reliability clean
 
-$(STAMP): pyproject.toml
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[all,test]'
-	touch $(STAMP)
+	$(PIP) install --quiet --upgrade 'pip>=25.1'
+	touch $(VENV_STAMP)
 
-install: $(STAMP)
+# The package with every adapter's framework, plus the test, lint and packaging tools.
+$(DEV_STAMP): pyproject.toml $(VENV_STAMP)
+	$(PIP) install --quiet -e '.[all]' --group dev
+	touch $(DEV_STAMP)
 
-lint: $(STAMP)
+# The package and the demo's own dependencies only (no test toolchain).
+$(DEMO_STAMP): pyproject.toml $(VENV_STAMP)
+	$(PIP) install --quiet -e . --group demo
+	touch $(DEMO_STAMP)
+
+install: $(DEV_STAMP)
+
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck pytest
+# Build the sdist and the wheel, and check them as PyPI would (metadata, README rendering,
+# wheel contents).
+dist-check: $(DEV_STAMP)
+	rm -rf $(DIST_DIR)
+	$(BIN)/python -m build --quiet --outdir $(DIST_DIR) .
+	$(BIN)/twine check --strict $(DIST_DIR)/*
+	$(BIN)/check-wheel-contents $(DIST_DIR)/*.whl
+
+test: lint typecheck pytest dist-check
 
 # The example chat app (FastAPI, Flask or Django) and the local Freeplay page; Ctrl-C stops
 # both. Pass options with DEMO_ARGS, e.g. make demo DEMO_ARGS="--port 8001 --db :memory:".
@@ -34,17 +58,21 @@ DEMO_ARGS ?=
 
 demo: demo-fastapi
 
-demo-fastapi demo-flask demo-django: $(STAMP)
+demo-fastapi demo-flask demo-django: $(DEMO_STAMP)
 	@if [ -n "$$OPENAI_API_KEY$$ANTHROPIC_API_KEY" ]; then \
-		$(BIN)/python -m pip install --quiet -r example_apps/requirements.txt; fi
+		$(PIP) install --quiet -r example_apps/requirements.txt; fi
 	$(BIN)/python example_apps/run_demo.py --app $(@:demo-%=%) $(DEMO_ARGS)
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python bench/asgi_overhead.py
 
+# What installing the package (its pytest plugin) adds to pytest's start-up.
+bench-pytest: $(DEV_STAMP)
+	$(BIN)/python bench/pytest_startup.py
+
 # Load, faults and SIGTERM in every adapter over real servers; rewrites RELIABILITY.md.
-reliability: $(STAMP)
-	$(BIN)/python bench/reliability.py
+reliability: $(DEV_STAMP)
+	$(BIN)/pytest -m reliability tests/test_reliability.py && $(BIN)/python bench/reliability.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts dist build

@@ -154,6 +154,8 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    missing: list[str] = []  # e.g. a /favicon.ico the page does not provide
+    page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
 
     page.goto(demo["app"] + "/")
     expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=WAIT_MS)
@@ -165,6 +167,16 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     page.locator(".msg.assistant").last.locator("button[data-vote=up]").click()
     expect(page.locator(".msg.assistant").last).to_have_attribute("data-feedback", "up")
     assert page.inner_text("#session-id") == first_session
+    # A reload restores the conversation: answers, "rewritten:" lines and votes.
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=WAIT_MS)
+    restored = page.locator(".msg.assistant")
+    expect(restored).to_have_count(2)
+    expect(restored.first.locator(".rewrite")).to_have_text("rewritten: What is Freeplay?")
+    expect(restored.last.locator(".rewrite")).to_contain_text("following up on")
+    expect(restored.last).to_have_attribute("data-feedback", "up")
+    expect(restored.last.locator("button.chosen")).to_have_attribute("data-vote", "up")
+    expect(restored.first).not_to_have_attribute("data-feedback", "up")
     shot(page, demo, "1-first-conversation.png")
 
     page.click("#new-conversation")
@@ -207,5 +219,6 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
         )
 
     assert errors == [], f"JavaScript errors on the pages: {errors}"
+    assert missing == [], f"404s while loading the pages: {missing}"
     assert re.fullmatch(r"[0-9a-f-]{36}", second_session)
     assert current_session() is None

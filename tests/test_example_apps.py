@@ -310,6 +310,10 @@ def test_page_assets_and_health(client: ChatApp) -> None:
     assert "/api/chat" in client.text(script)
     assert HEADER not in script.headers  # static files are excluded paths
     assert client.get("/static/secrets.py").status_code == 404
+    assert '<link rel="icon" href="/static/favicon.svg"' in client.text(page)
+    icon = client.get("/static/favicon.svg")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"].startswith("image/svg+xml")
     assert client.json(client.get("/healthz")) == {"status": "ok"}
     assert current_session() is None
 
@@ -385,6 +389,22 @@ def test_thumbs_send_customer_feedback(client: ChatApp, freeplay_local: LocalFre
     other = client.post_json("/api/feedback", {"completion_id": completion_id, "vote": "up"})
     assert other.status_code == 404
     assert freeplay_local.feedback(completion_id) == {FEEDBACK_KEY: "negative"}
+    assert current_session() is None
+
+
+def test_the_conversation_keeps_rewrites_and_votes_for_a_reload(client: ChatApp) -> None:
+    say(client, "What is Freeplay?")
+    _, _, second = say(client, "And sessions?")
+    client.post_json("/api/feedback", {"completion_id": second["completion_id"], "vote": "up"})
+    client.post_json("/api/feedback", {"completion_id": second["completion_id"], "vote": "down"})
+
+    turns = client.json(client.get("/api/conversation"))["turns"]
+
+    assert [t["question"] for t in turns] == [
+        "What is Freeplay?",
+        "And sessions? (following up on: What is Freeplay?)",
+    ]
+    assert [t["vote"] for t in turns] == [None, "down"]  # the last vote given
     assert current_session() is None
 
 

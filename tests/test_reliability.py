@@ -80,7 +80,11 @@ def assert_clean(outcome: Outcome) -> None:
     assert outcome.exit_seconds <= outcome.exit_limit
 
 
+# Timing-dependent: whether the recorder meets every kind of fault inside its time window
+# depends on how loaded the machine is, so this runs in `make reliability`, not by default
+# (`pytest -m reliability` runs it alone).
 @pytest.mark.slow
+@pytest.mark.reliability
 @pytest.mark.parametrize("adapter", DEFAULT_ADAPTERS)
 def test_load_then_faults_lose_and_misplace_nothing(adapter: str, tmp_path: Path) -> None:
     baseline = run_scenario(adapter, "load", SMALL, workdir=tmp_path)

@@ -83,6 +83,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 STATIC_FILES = {
     "chat.js": "text/javascript; charset=utf-8",
     "chat.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 
 
@@ -120,6 +121,7 @@ class Turn:
 @dataclass
 class _Conversation:
     turns: list[Turn] = field(default_factory=list)
+    votes: dict[str, str] = field(default_factory=dict)  # completion ID -> "up" / "down"
 
 
 class Conversations:
@@ -134,6 +136,18 @@ class Conversations:
         with self._lock:
             conversation = self._items.get(session_id)
             return [] if conversation is None else list(conversation.turns)
+
+    def votes(self, session_id: str) -> dict[str, str]:
+        """The last vote given to each answer of the conversation, by completion ID."""
+        with self._lock:
+            conversation = self._items.get(session_id)
+            return {} if conversation is None else dict(conversation.votes)
+
+    def vote(self, session_id: str, completion_id: str, vote: str) -> None:
+        with self._lock:
+            conversation = self._items.get(session_id)
+            if conversation is not None:
+                conversation.votes[completion_id] = vote
 
     def add(self, session_id: str, turn: Turn) -> None:
         with self._lock:
@@ -180,13 +194,20 @@ class Chat:
     def conversation(self) -> dict[str, Any]:
         """The current conversation: its session ID, turns and Freeplay page."""
         session_id = require_session().session_id
+        votes = self.conversations.votes(session_id)
         return {
             "session_id": session_id,
             "freeplay_url": self._freeplay_url(session_id),
             "framework": self.framework,
             "responder": {"provider": self.responder.provider, "model": self.responder.model},
             "turns": [
-                {"message": t.message, "answer": t.answer, "completion_id": t.completion_id}
+                {
+                    "message": t.message,
+                    "question": t.question,
+                    "answer": t.answer,
+                    "completion_id": t.completion_id,
+                    "vote": votes.get(t.completion_id),
+                }
                 for t in self.conversations.turns(session_id)
             ],
         }
@@ -208,6 +229,7 @@ class Chat:
         if completion_id not in known:
             raise ChatError("No answer with that completion_id in this conversation.", 404)
         record_feedback({FEEDBACK_KEY: VOTES[vote]}, completion_id=completion_id)
+        self.conversations.vote(session_id, completion_id, vote)
         return {"completion_id": completion_id, "feedback": {FEEDBACK_KEY: VOTES[vote]}}
 
     # -- a turn ------------------------------------------------------------------------

@@ -41,17 +41,25 @@
     return item;
   }
 
-  function vote(item, completionId, choice, button) {
+  function showVote(item, choice) {
+    item.querySelectorAll(".feedback button").forEach(function (b) {
+      b.classList.toggle("chosen", b.getAttribute("data-vote") === choice);
+    });
+    item.setAttribute("data-feedback", choice);
+  }
+
+  function showRewrite(item, question) {
+    item.querySelector(".rewrite").textContent = "rewritten: " + question;
+  }
+
+  function vote(item, completionId, choice) {
     fetch("/api/feedback", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ completion_id: completionId, vote: choice })
     }).then(function (response) {
       if (!response.ok) { throw new Error("feedback failed: " + response.status); }
-      item.querySelectorAll(".feedback button").forEach(function (b) {
-        b.classList.toggle("chosen", b === button);
-      });
-      item.setAttribute("data-feedback", choice);
+      showVote(item, choice);
     }).catch(function (error) { console.error(error); });
   }
 
@@ -64,7 +72,7 @@
       button.type = "button";
       button.title = spec[2];
       button.setAttribute("data-vote", spec[0]);
-      button.addEventListener("click", function () { vote(item, completionId, spec[0], button); });
+      button.addEventListener("click", function () { vote(item, completionId, spec[0]); });
       box.appendChild(button);
     });
     item.appendChild(box);
@@ -78,7 +86,7 @@
 
   function handle(item, name, data) {
     if (name === "rewrite") {
-      item.querySelector(".rewrite").textContent = "rewritten: " + data.question;
+      showRewrite(item, data.question);
     } else if (name === "token") {
       item.querySelector(".text").textContent += data.text;
     } else if (name === "done") {
@@ -166,8 +174,10 @@
       data.turns.forEach(function (turn) {
         addUser(turn.message);
         var item = addAssistant();
+        if (turn.question) { showRewrite(item, turn.question); }
         item.querySelector(".text").textContent = turn.answer;
         finish(item, turn.completion_id);
+        if (turn.vote) { showVote(item, turn.vote); }
       });
       document.body.setAttribute("data-ready", "true");
     });

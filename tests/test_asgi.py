@@ -685,3 +685,34 @@ def test_uvicorn_stops_at_start_up_on_a_bad_configuration(tmp_path: Any) -> None
     assert result.returncode != 0
     assert "ConfigurationError" in result.stderr and "`recording=`" in result.stderr
     assert "Uvicorn running" not in result.stderr
+
+
+def test_the_fastapi_cli_finds_a_readme_shaped_app(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fastapi run main.py` / `fastapi dev` discover the app the README's quick start builds."""
+    import sys
+
+    from fastapi_cli import discover
+    (tmp_path / "main.py").write_text(
+        "from fastapi import FastAPI\n"
+        "from freeplay_integrations.asgi import FreeplaySessionMiddleware\n"
+        "from freeplay_integrations.fastapi import CurrentSession\n"
+        "app = FastAPI()\n"
+        "@app.post('/chat')\n"
+        "async def chat(session: CurrentSession) -> dict[str, str]:\n"
+        "    return {'session_id': session.session_id}\n"
+        "app.add_middleware(FreeplaySessionMiddleware.configure(\n"
+        "    api_key='k', api_base='http://127.0.0.1:9/api',\n"
+        "    project_id='9a4b1d3e-5c6f-4a7b-8c9d-0e1f2a3b4c5d',\n"
+        "))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    data = discover.get_import_data(path=tmp_path / "main.py")
+    assert data.import_string == "main:app"
+    monkeypatch.delitem(sys.modules, "main", raising=False)
+    main = __import__("main")
+    assert isinstance(main.app, FastAPI)
+    assert main.app.dependency_overrides == {}
+    monkeypatch.delitem(sys.modules, "main")

@@ -509,12 +509,24 @@ class Recorder:
 
     def _finish(self, op: Operation, state: str) -> bool:
         """Give `op` its final state, once, and release what follows it."""
-        spool_after: list[Operation] = []
+        if not self._claim(op, state):
+            return False
+        self._release(op)
+        return True
+
+    def _claim(self, op: Operation, state: str) -> bool:
         with self._cond:
             if op.state is not None:
                 return False
             op.state = state
             self._counts[state] += 1
+            return True
+
+    def _release(self, op: Operation) -> None:
+        """`op` is handled: forget it (a flush may return), release what follows it."""
+        spool_after: list[Operation] = []
+        with self._cond:
+            state = op.state
             if op.seq:
                 self._forget_locked(op)
             for dependent in op.dependents or ():
@@ -530,7 +542,6 @@ class Recorder:
                 self._cond.notify_all()
         if spool_after:
             self._spool(spool_after, "the operation it follows was spooled")
-        return True
 
     def _forget_locked(self, op: Operation) -> None:
         if self._live.pop(op.seq, None) is None:
@@ -596,10 +607,17 @@ class Recorder:
         for op in ops:
             if op.cancelled:
                 self._finish(op, "cancelled")
-            elif self._finish(op, "spooled"):
+            elif self._claim(op, "spooled"):
                 claimed.append(op)
         if not claimed:
             return 0
+        try:
+            return self._write_spool(path, claimed, reason)
+        finally:
+            for op in claimed:  # only now: a flush waiting for them finds them written
+                self._release(op)
+
+    def _write_spool(self, path: str, claimed: list[Operation], reason: str) -> int:
         try:
             _spool.append_lines(
                 path, [_spool.spool_line(op, self.api_base, reason) for op in claimed]

@@ -343,11 +343,9 @@ def test_a_new_recorder_drains_what_an_earlier_process_left(
     append_lines(str(spool), [spool_line(ops[3], server.api_base, "t")])
     client = server.client()
     configure_recording(client, spool_path=spool)
-    deadline = time.monotonic() + 10
-    while spool.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server.wait_for(lambda: len(server.completions(session_id)) == 4, timeout=10)
+    server.wait_for(lambda: not list(spool.parent.glob("spool.jsonl*[!dk]")), timeout=5)
     assert not spool.exists()
-    assert len(server.completions(session_id)) == 4
     bad = Path(str(spool) + ".bad").read_text().splitlines()
     assert len(bad) == 2  # the line without a trace ID, and the cut one
 

@@ -228,6 +228,7 @@ class Recorder:
         self._bytes = 0
         self._seq = 0
         self._threads = 0
+        self._to_start = 0
         self._idle = 0
         self._flushers = 0
         self._healthy = True
@@ -348,6 +349,7 @@ class Recorder:
                     self._ready.append(op)
                     self._wake_locked()
         if queued:
+            self._start_threads()
             return
         self._spool([op], "the recording queue is over its budget")
         if count:
@@ -360,16 +362,28 @@ class Recorder:
         )
 
     def _wake_locked(self) -> None:
+        """Wake an idle thread; ask for one more while the backlog outgrows the idle ones.
+
+        The thread is started by `_start_threads`, after the lock is released.
+        """
         if self._idle:
             self._cond.notify()
+            if self._idle >= len(self._ready):
+                return
+        if self._threads + self._to_start >= self._config.max_concurrency:
             return
-        if self._threads >= self._config.max_concurrency:
-            return
-        if not self._healthy and self._threads >= 1:
+        if not self._healthy and self._threads + self._to_start >= 1:
             return  # Freeplay is failing: do not add load, the timers carry the retries
-        self._threads += 1
-        thread = threading.Thread(target=self._work, name="freeplay-recorder", daemon=True)
-        thread.start()
+        self._to_start += 1
+
+    def _start_threads(self) -> None:
+        if not self._to_start:
+            return
+        with self._cond:
+            count, self._to_start = self._to_start, 0
+            self._threads += count
+        for _ in range(count):
+            threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
 
     def _cancel_locked(self, session_id: str) -> list[Operation]:
         """Cancel what is pending for a session about to be deleted; the delete follows it."""
@@ -423,6 +437,7 @@ class Recorder:
                 self._threads -= 1
                 if self._ready and self._threads == 0:
                     self._wake_locked()
+            self._start_threads()
 
     def _attempt(self, op: Operation) -> None:
         if op.state is not None:
@@ -540,6 +555,7 @@ class Recorder:
             op.dependents = None
             if self._flushers:
                 self._cond.notify_all()
+        self._start_threads()
         if spool_after:
             self._spool(spool_after, "the operation it follows was spooled")
 
@@ -740,7 +756,7 @@ class Recorder:
         self._by_key = {}
         self._by_session = {}
         self._bytes = 0
-        self._threads = self._idle = self._flushers = 0
+        self._threads = self._idle = self._flushers = self._to_start = 0
         self._draining = False
         self._counts = dict.fromkeys(self._counts, 0)
 

@@ -1,0 +1,230 @@
+"""Delivery throughput with Freeplay at a real network distance, side by side with the SDK.
+
+The local Freeplay runs in its own process (so it does not share this process's GIL), with
+`faults.latency(LATENCY)`: every API answer is delayed, concurrent requests are not
+serialised. In one run, interleaved over `--rounds`:
+
+- bare SDK: `client.recordings.create` from a pool of `--threads` threads, over
+  `--sessions` sessions;
+- recorder: the same number of recordings made with `record()` from `--threads` threads
+  over the same number of sessions, default settings; timed until `flush()` returns. The
+  time each `record()` call spent on the caller's path is collected (median, p99);
+- one session: `--one-session` recordings in a single `session_scope`, until delivered.
+
+Then, with `--memory N`, N recordings at zero latency with the process's resident memory
+sampled every 10%: it must stay flat.
+
+    .venv/bin/python bench/delivery.py [--recordings 1500] [--sessions 150] [--threads 100]
+        [--latency 0.1] [--one-session 500] [--rounds 3] [--memory 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from freeplay import Freeplay
+from freeplay.resources.recordings import RecordPayload
+from freeplay.resources.sessions import SessionInfo
+
+from freeplay_integrations import (
+    configure_recording,
+    flush,
+    record,
+    recorder_stats,
+    session_scope,
+)
+
+API_KEY = "bench-key"
+PROJECT = "bench-project"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+
+SERVER = """
+import sys, time
+from freeplay_integrations.local import LocalFreeplay
+with LocalFreeplay(api_key=sys.argv[1], project_id=sys.argv[2]) as server:
+    server.faults.latency(float(sys.argv[3]))
+    print("API_BASE=" + server.api_base, flush=True)
+    control = sys.stdin
+    for line in control:  # "latency X" lines change the latency; EOF stops
+        if line.startswith("latency "):
+            server.faults.latency(float(line.split()[1]))
+            print("ok", flush=True)
+"""
+
+
+@contextmanager
+def local_server(latency: float) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, API_KEY, PROJECT, str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        match = re.search(r"API_BASE=(\S+)", process.stdout.readline())
+        if not match:
+            raise RuntimeError("the local Freeplay server did not start")
+        yield match.group(1), process
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(30)
+
+
+def set_latency(process: subprocess.Popen[str], seconds: float) -> None:
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(f"latency {seconds}\n")
+    process.stdin.flush()
+    process.stdout.readline()
+
+
+def session_ids(count: int) -> list[str]:
+    import uuid
+
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def bare_sdk(client: Freeplay, recordings: int, sessions: int, threads: int) -> float:
+    ids = session_ids(sessions)
+
+    def one(n: int) -> None:
+        session = SessionInfo(ids[n % sessions], None)
+        client.recordings.create(
+            RecordPayload(project_id=PROJECT, all_messages=MESSAGES, session_info=session)
+        )
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(recordings)))
+    return recordings / (time.perf_counter() - started)
+
+
+def recorder(
+    client: Freeplay, recordings: int, sessions: int, threads: int
+) -> tuple[float, list[float]]:
+    """Recordings/s until delivered, and the time each record() call took (seconds)."""
+    per_thread = [[] for _ in range(threads)]  # type: list[list[float]]
+    per_session = recordings // sessions
+    barrier = threading.Barrier(threads + 1)
+
+    def producer(index: int) -> None:
+        times = per_thread[index]
+        barrier.wait()
+        for s in range(index, sessions, threads):
+            with session_scope(client, project_id=PROJECT):
+                for _ in range(per_session):
+                    started = time.perf_counter()
+                    record(all_messages=MESSAGES)
+                    times.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=producer, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    assert flush(600)
+    elapsed = time.perf_counter() - started
+    return per_session * sessions / elapsed, [t for times in per_thread for t in times]
+
+
+def one_session(client: Freeplay, recordings: int) -> float:
+    started = time.perf_counter()
+    with session_scope(client, project_id=PROJECT):
+        for _ in range(recordings):
+            record(all_messages=MESSAGES)
+    assert flush(600)
+    return recordings / (time.perf_counter() - started)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(client: Freeplay, recordings: int) -> list[float]:
+    samples = [rss_mib()]
+    step = max(1, recordings // 10)
+    with session_scope(client, project_id=PROJECT):
+        for n in range(1, recordings + 1):
+            record(all_messages=MESSAGES)
+            if n % step == 0:
+                # keep the producer just ahead of delivery: the queue must not be the test
+                while recorder_stats(client).pending > 2_000:
+                    time.sleep(0.01)
+                samples.append(rss_mib())
+    assert flush(600)
+    samples.append(rss_mib())
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recordings", type=int, default=1500)
+    parser.add_argument("--sessions", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=100)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--one-session", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=0)
+    args = parser.parse_args()
+
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-bench-"), "spool.jsonl")
+    configure_recording(spool_path=spool)
+    with local_server(args.latency) as (api_base, process):
+        client = Freeplay(freeplay_api_key=API_KEY, api_base=api_base)
+        sdk_rates, ours_rates, one_rates, call_times = [], [], [], []
+        for _ in range(args.rounds):
+            sdk_rates.append(bare_sdk(client, args.recordings, args.sessions, args.threads))
+            rate, times = recorder(client, args.recordings, args.sessions, args.threads)
+            ours_rates.append(rate)
+            call_times.extend(times)
+            one_rates.append(one_session(client, args.one_session))
+        stats = recorder_stats(client)
+        sdk, ours = statistics.median(sdk_rates), statistics.median(ours_rates)
+        print(
+            f"Freeplay {args.latency * 1000:.0f} ms away; {args.recordings} recordings over "
+            f"{args.sessions} sessions, {args.threads} threads; median of {args.rounds} rounds"
+        )
+        print(f"  bare SDK, {args.threads} threads: {sdk:8.0f} recordings/s  {sdk_rates}")
+        print(f"  recorder (defaults):      {ours:8.0f} recordings/s  ({ours / sdk:.2f}x)")
+        print(f"  one session:              {statistics.median(one_rates):8.0f} recordings/s")
+        print(
+            f"  record() on the caller's path: median {statistics.median(call_times) * 1e6:.1f}"
+            f" us, p99 {percentile(call_times, 0.99) * 1e6:.1f} us ({len(call_times)} calls)"
+        )
+        print(f"  spooled: {stats.spooled}  failed: {stats.failed}  lost: {stats.lost}")
+        if args.memory:
+            set_latency(process, 0.0)
+            samples = memory(client, args.memory)
+            print(
+                f"  memory over {args.memory} recordings (RSS MiB, every 10%): "
+                + " ".join(f"{s:.0f}" for s in samples)
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -126,9 +126,9 @@ def recorder(
     def producer(index: int) -> None:
         times = per_thread[index]
         barrier.wait()
-        for s in range(index, sessions, threads):
+        for _ in range(index, sessions, threads):
             with session_scope(client, project_id=PROJECT):
-                for _ in range(per_session):
+                for _n in range(per_session):
                     started = time.perf_counter()
                     record(all_messages=MESSAGES)
                     times.append(time.perf_counter() - started)

@@ -16,6 +16,7 @@ sampled every 10%: it must stay flat.
 
     .venv/bin/python bench/delivery.py [--recordings 1500] [--sessions 150] [--threads 100]
         [--latency 0.1] [--one-session 500] [--rounds 3] [--memory 100000]
+    .venv/bin/python bench/delivery.py --outage 120 [--outage-rate 50] [--queue-size N]
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ with LocalFreeplay(api_key=sys.argv[1], project_id=sys.argv[2]) as server:
         if line.startswith("latency "):
             server.faults.latency(float(line.split()[1]))
             print("ok", flush=True)
+        elif line.startswith("down "):
+            server.faults.fail_for(float(line.split()[1]))
+            print("ok", flush=True)
+        elif line.startswith("count"):
+            print(len(server.completions()), server.duplicates, flush=True)
 """
 
 
@@ -87,11 +93,52 @@ def local_server(latency: float) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         process.wait(30)
 
 
-def set_latency(process: subprocess.Popen[str], seconds: float) -> None:
+def command(process: subprocess.Popen[str], line: str) -> str:
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(f"latency {seconds}\n")
+    process.stdin.write(line + "\n")
     process.stdin.flush()
-    process.stdout.readline()
+    return process.stdout.readline().strip()
+
+
+def set_latency(process: subprocess.Popen[str], seconds: float) -> None:
+    command(process, f"latency {seconds}")
+
+
+def outage(
+    client: Freeplay, process: subprocess.Popen[str], seconds: float, rate: float
+) -> dict[str, float]:
+    """Record at `rate`/s while Freeplay answers 503 for `seconds`, then 5 s more after.
+
+    Returns how many were recorded, delivered, stored twice, spooled and lost, and how long
+    after the recovery the last one arrived.
+    """
+    before = int(command(process, "count").split()[0])
+    command(process, f"down {seconds}")
+    down_until = time.monotonic() + seconds
+    recorded = 0
+    with session_scope(client, project_id=PROJECT):
+        started = time.monotonic()
+        while time.monotonic() < down_until + 5:
+            record(all_messages=MESSAGES)
+            recorded += 1
+            time.sleep(max(0.0, started + recorded / rate - time.monotonic()))
+    deadline = time.monotonic() + 120
+    delivered = duplicates = 0
+    while time.monotonic() < deadline:
+        count, duplicates = (int(x) for x in command(process, "count").split())
+        delivered = count - before
+        if delivered >= recorded:
+            break
+        time.sleep(0.1)
+    stats = recorder_stats(client)
+    return {
+        "recorded": recorded,
+        "delivered": delivered,
+        "duplicates": duplicates,
+        "after_recovery_s": time.monotonic() - down_until,
+        "spooled": stats.spooled,
+        "lost": stats.lost,
+    }
 
 
 def session_ids(count: int) -> list[str]:
@@ -190,12 +237,20 @@ def main() -> None:
     parser.add_argument("--one-session", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--memory", type=int, default=0)
+    parser.add_argument("--outage", type=float, default=0, help="seconds Freeplay is down")
+    parser.add_argument("--outage-rate", type=float, default=50, help="recordings/s meanwhile")
+    parser.add_argument("--queue-size", type=int, default=None, help="recorder queue_size")
     args = parser.parse_args()
 
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-bench-"), "spool.jsonl")
-    configure_recording(spool_path=spool)
+    configure_recording(spool_path=spool, queue_size=args.queue_size)
     with local_server(args.latency) as (api_base, process):
         client = Freeplay(freeplay_api_key=API_KEY, api_base=api_base)
+        if args.outage:
+            set_latency(process, args.latency)
+            print(f"outage {args.outage:.0f} s at {args.outage_rate:.0f}/s (spool {spool}):")
+            print("  " + repr(outage(client, process, args.outage, args.outage_rate)))
+            return
         sdk_rates, ours_rates, one_rates, call_times = [], [], [], []
         for _ in range(args.rounds):
             sdk_rates.append(bare_sdk(client, args.recordings, args.sessions, args.threads))

@@ -668,7 +668,12 @@ class Recorder:
 
     def _drain(self) -> None:
         try:
-            result = _spool.drain(self._config.spool_path, self._drain_send, api_base=self.api_base)
+            result = _spool.drain(
+                self._config.spool_path,
+                self._drain_send,
+                api_base=self.api_base,
+                concurrency=max(1, self._config.max_concurrency // 2),
+            )
         except Exception:
             logger.exception("freeplay_integrations: draining the spool failed")
             return

@@ -201,6 +201,7 @@ def drain(
     *,
     api_base: str | None,
     wait: bool = False,
+    concurrency: int = 1,
 ) -> DrainResult:
     """Deliver what the spool `path` holds through `send`; keep what still fails.
 
@@ -237,6 +238,7 @@ def drain(
                 if op.kind == DELETE_SESSION:
                     last_delete[(op.project_id, op.session_id)] = index
             seen: set[str] = set()
+            todo: list[tuple[Operation, str]] = []
             for index, (op, line_base) in enumerate(operations):
                 key = op.key
                 deleted_at = last_delete.get((op.project_id, op.session_id), -1)
@@ -249,18 +251,64 @@ def drain(
                 ):
                     keep.append(spool_line(op, line_base, "kept by a drain"))
                     continue
-                outcome = send(op)
-                if outcome == "sent":
-                    result.sent += 1
-                elif outcome == "failed":
-                    result.failed += 1
-                else:
-                    giving_up = True
-                    keep.append(spool_line(op, line_base, "Freeplay still unreachable"))
+                todo.append((op, line_base))
+            # Concurrently, in waves that keep the order the API needs: what follows
+            # nothing, then what follows another operation, then session deletes.
+            waves: list[list[tuple[Operation, str]]] = [[], [], []]
+            for item in todo:
+                op = item[0]
+                waves[2 if op.kind == DELETE_SESSION else 1 if op.follows else 0].append(item)
+            for wave in waves:
+                if giving_up:
+                    keep.extend(spool_line(op, base, "kept by a drain") for op, base in wave)
+                    continue
+                outcomes = _send_all(send, [op for op, _ in wave], concurrency)
+                for (op, line_base), outcome in zip(wave, outcomes, strict=True):
+                    if outcome == "sent":
+                        result.sent += 1
+                    elif outcome == "failed":
+                        result.failed += 1
+                    else:
+                        giving_up = True
+                        keep.append(spool_line(op, line_base, "Freeplay still unreachable"))
             result.kept += len(keep)
             append_lines(path, keep)
             os.remove(name)
     return result
+
+
+def _send_all(
+    send: Callable[[Operation], Outcome], ops: list[Operation], concurrency: int
+) -> list[Outcome | None]:
+    """`send` each of `ops` from up to `concurrency` threads; after a "retry", try no more.
+
+    None: not tried.
+    """
+    outcomes: list[Outcome | None] = [None] * len(ops)
+    stop = threading.Event()
+    next_index = iter(range(len(ops)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                index = next(next_index, None)
+            if index is None:
+                return
+            outcome = send(ops[index])
+            outcomes[index] = outcome
+            if outcome == "retry":
+                stop.set()
+
+    if concurrency <= 1:
+        worker()  # in this thread: whatever `send` raises reaches the caller
+        return outcomes
+    threads = [threading.Thread(target=worker) for _ in range(min(concurrency, len(ops)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
 
 
 @dataclass

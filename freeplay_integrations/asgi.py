@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
-from ._recording import flush
+from ._recording import flush, shutdown_timeout
 from ._web import Rejection, SessionResolver
 
 __all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "FreeplaySessionMiddleware"]
@@ -200,7 +200,7 @@ class FreeplaySessionMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_after_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await anyio.to_thread.run_sync(flush, SHUTDOWN_FLUSH_TIMEOUT)
+                await anyio.to_thread.run_sync(flush, shutdown_timeout())
             await send(message)
 
         await self.app(scope, receive, send_after_flush)

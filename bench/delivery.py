@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -228,6 +229,103 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+CHILD = """
+import os, signal, sys, time
+from freeplay import Freeplay
+import freeplay_integrations as fi
+from freeplay_integrations._recording import recorder_for
+mode, api_base, spool, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+client = Freeplay(freeplay_api_key=sys.argv[5], api_base=api_base)
+fi.configure_recording(spool_path=spool, shutdown_timeout=1.0)
+if mode == "drain":
+    recorder_for(client)  # start-up drains what the earlier processes left
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not os.path.exists(spool) and not any(
+            n.startswith(os.path.basename(spool) + ".draining")
+            for n in os.listdir(os.path.dirname(spool))
+        ) and not recorder_for(client)._draining:
+            break
+    print(fi.recorder_stats(client).drained, flush=True)
+    sys.exit(0)
+with fi.session_scope(client, project_id=sys.argv[6]):
+    for n in range(count):
+        fi.record(all_messages=[{"role": "user", "content": str(n)}])
+print("QUEUED", flush=True)
+if mode == "kill":
+    time.sleep(600)
+"""
+
+
+def child(mode: str, api_base: str, spool: str, count: int = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, api_base, spool, str(count), API_KEY, PROJECT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def spool_lines(spool: str) -> int:
+    try:
+        with open(spool) as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list[str]:
+    """Restart mid-outage; two processes on one spool; a hard kill. Markdown rows."""
+    rows = []
+    # A process restarted mid-outage: it exits (spooling), its successor drains.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-restart-"), "spool.jsonl")
+    before = int(command(process, "count").split()[0])
+    command(process, "down 3600")
+    first = child("exit", api_base, spool, count)
+    first.communicate(timeout=300)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    successor = child("drain", api_base, spool)
+    successor.communicate(timeout=300)
+    stored, dupes = (int(x) for x in command(process, "count").split())
+    rows.append(
+        f"| restart mid-outage | {count} | {spooled} spooled at exit | "
+        f"{stored - before} delivered by the successor | {count - (stored - before)} lost, "
+        f"{dupes} stored twice |"
+    )
+    # Two processes on one spool: both start up at once and drain it.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-shared-"), "spool.jsonl")
+    before = stored
+    command(process, "down 3600")
+    child("exit", api_base, spool, count).communicate(timeout=300)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    drains = [child("drain", api_base, spool) for _ in range(2)]
+    drained = [int(d.communicate(timeout=300)[0].strip() or 0) for d in drains]
+    stored, dupes = (int(x) for x in command(process, "count").split())
+    rows.append(
+        f"| two processes, one spool | {count} | {spooled} spooled | drained {drained} | "
+        f"{stored - before} stored, {dupes} stored twice |"
+    )
+    # A hard kill mid-outage: what was only in memory is lost.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-kill-"), "spool.jsonl")
+    command(process, "down 3600")
+    killed = child("kill", api_base, spool, count)
+    assert killed.stdout is not None
+    killed.stdout.readline()
+    time.sleep(1.0)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(30)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    rows.append(
+        f"| hard kill (SIGKILL) mid-outage | {count} | {spooled} spooled | - | "
+        f"**{count - spooled} lost** (they were only in memory) |"
+    )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", type=int, default=1500)
@@ -240,16 +338,43 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=0, help="seconds Freeplay is down")
     parser.add_argument("--outage-rate", type=float, default=50, help="recordings/s meanwhile")
     parser.add_argument("--queue-size", type=int, default=None, help="recorder queue_size")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="process scenarios with this many recordings"
+    )
+    parser.add_argument("--markdown", default=None, help="append the results to this file")
     args = parser.parse_args()
 
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-bench-"), "spool.jsonl")
     configure_recording(spool_path=spool, queue_size=args.queue_size)
     with local_server(args.latency) as (api_base, process):
         client = Freeplay(freeplay_api_key=API_KEY, api_base=api_base)
-        if args.outage:
-            set_latency(process, args.latency)
-            print(f"outage {args.outage:.0f} s at {args.outage_rate:.0f}/s (spool {spool}):")
-            print("  " + repr(outage(client, process, args.outage, args.outage_rate)))
+        if args.outage or args.processes:
+            rows = []
+            if args.outage:
+                result = outage(client, process, args.outage, args.outage_rate)
+                print(f"outage {args.outage:.0f} s at {args.outage_rate:.0f}/s: {result}")
+                rows.append(
+                    f"| Freeplay down {args.outage:.0f} s under load ({args.outage_rate:.0f}/s, "
+                    f"queue_size={args.queue_size or 10000}) | {result['recorded']:.0f} | "
+                    f"{result['spooled']:.0f} spooled | {result['delivered']:.0f} delivered, "
+                    f"the last {result['after_recovery_s'] - 5:.1f} s after the load ended "
+                    f"(it went on 5 s past recovery) | {result['lost']:.0f} lost, "
+                    f"{result['duplicates']:.0f} stored twice |"
+                )
+            if args.processes:
+                rows.extend(processes(api_base, process, args.processes))
+            for row in rows:
+                print(row)
+            if args.markdown:
+                with open(args.markdown, "a") as out:
+                    out.write(
+                        "\n## Outages and processes (bench/delivery.py)\n\n"
+                        f"Freeplay {args.latency * 1000:.0f} ms away; command: `.venv/bin/python "
+                        f"bench/delivery.py {' '.join(sys.argv[1:])}`. Sizes are reduced for "
+                        "the 2-core shared machine; pass `--outage 120` for the full scenario."
+                        "\n\n| scenario | recorded | spool | delivered | lost |\n"
+                        "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+                    )
             return
         sdk_rates, ours_rates, one_rates, call_times = [], [], [], []
         for _ in range(args.rounds):

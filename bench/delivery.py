@@ -292,7 +292,7 @@ def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list
     rows.append(
         f"| restart mid-outage | {count} | {spooled} spooled at exit | "
         f"{stored - before} delivered by the successor | {count - (stored - before)} lost, "
-        f"{dupes} stored twice |"
+        f"{dupes} received twice (stored once: fixed IDs) |"
     )
     # Two processes on one spool: both start up at once and drain it.
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-shared-"), "spool.jsonl")
@@ -306,7 +306,7 @@ def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list
     stored, dupes = (int(x) for x in command(process, "count").split())
     rows.append(
         f"| two processes, one spool | {count} | {spooled} spooled | drained {drained} | "
-        f"{stored - before} stored, {dupes} stored twice |"
+        f"{stored - before} stored, {dupes} received twice (stored once: fixed IDs) |"
     )
     # A hard kill mid-outage: what was only in memory is lost.
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-kill-"), "spool.jsonl")
@@ -359,7 +359,7 @@ def main() -> None:
                     f"{result['spooled']:.0f} spooled | {result['delivered']:.0f} delivered, "
                     f"the last {result['after_recovery_s'] - 5:.1f} s after the load ended "
                     f"(it went on 5 s past recovery) | {result['lost']:.0f} lost, "
-                    f"{result['duplicates']:.0f} stored twice |"
+                    f"{result['duplicates']:.0f} received twice (stored once: fixed IDs) |"
                 )
             if args.processes:
                 rows.extend(processes(api_base, process, args.processes))
@@ -370,8 +370,9 @@ def main() -> None:
                     out.write(
                         "\n## Outages and processes (bench/delivery.py)\n\n"
                         f"Freeplay {args.latency * 1000:.0f} ms away; command: `.venv/bin/python "
-                        f"bench/delivery.py {' '.join(sys.argv[1:])}`. Sizes are reduced for "
-                        "the 2-core shared machine; pass `--outage 120` for the full scenario."
+                        f"bench/delivery.py {' '.join(sys.argv[1:])}`. Sizes: "
+                        "`make reliability RELIABILITY_OUTAGE=... RELIABILITY_PROCESSES=...`; "
+                        "run on the 2-core shared, loaded machine."
                         "\n\n| scenario | recorded | spool | delivered | lost |\n"
                         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
                     )

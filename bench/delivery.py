@@ -153,9 +153,15 @@ def bare_sdk(client: Freeplay, recordings: int, sessions: int, threads: int) -> 
 
     def one(n: int) -> None:
         session = SessionInfo(ids[n % sessions], None)
-        client.recordings.create(
-            RecordPayload(project_id=PROJECT, all_messages=MESSAGES, session_info=session)
-        )
+        payload = RecordPayload(project_id=PROJECT, all_messages=MESSAGES, session_info=session)
+        for attempt in range(5):  # what a user's own loop would do on a connection error
+            try:
+                client.recordings.create(payload)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * 2**attempt)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
@@ -296,7 +302,7 @@ def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list
     )
     # Two processes on one spool: both start up at once and drain it.
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-shared-"), "spool.jsonl")
-    before = stored
+    before, dupes_before = stored, dupes
     command(process, "down 3600")
     child("exit", api_base, spool, count).communicate(timeout=300)
     spooled = spool_lines(spool)
@@ -306,7 +312,8 @@ def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list
     stored, dupes = (int(x) for x in command(process, "count").split())
     rows.append(
         f"| two processes, one spool | {count} | {spooled} spooled | drained {drained} | "
-        f"{stored - before} stored, {dupes} received twice (stored once: fixed IDs) |"
+        f"{stored - before} stored, {dupes - dupes_before} received twice (stored once: "
+        "fixed IDs) |"
     )
     # A hard kill mid-outage: what was only in memory is lost.
     spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-kill-"), "spool.jsonl")

@@ -824,8 +824,6 @@ def _start_up(recorder: Recorder) -> None:
     recorder.start_drain()
 
 
-_RENAMED = {"workers": "max_concurrency"}
-
 
 def configure_recording(
     client: Freeplay | None = None,

@@ -71,8 +71,14 @@ bench-pytest: $(DEV_STAMP)
 	$(BIN)/python bench/pytest_startup.py
 
 # Load, faults and SIGTERM in every adapter over real servers; rewrites RELIABILITY.md.
+# Outage sizes: RELIABILITY_OUTAGE seconds down under load, RELIABILITY_PROCESSES recordings.
+RELIABILITY_OUTAGE ?= 120
+RELIABILITY_PROCESSES ?= 300
 reliability: $(DEV_STAMP)
-	$(BIN)/pytest -m reliability tests/test_reliability.py && $(BIN)/python bench/reliability.py
+	$(BIN)/pytest -m reliability tests/test_reliability.py
+	$(BIN)/python bench/reliability.py
+	$(BIN)/python bench/delivery.py --outage $(RELIABILITY_OUTAGE) --outage-rate 30 \
+		--processes $(RELIABILITY_PROCESSES) --markdown RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts dist build

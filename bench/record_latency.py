@@ -153,12 +153,16 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput run length")
-    parser.add_argument("--workers", type=int, default=4, help="recorder worker threads")
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="recorder ceiling (default: its own)"
+    )
     args = parser.parse_args()
     with local_server() as api_base, tempfile.TemporaryDirectory() as spool_dir:
         client = Freeplay(freeplay_api_key=API_KEY, api_base=api_base)
         configure_recording(
-            client, spool_path=os.path.join(spool_dir, "spool.jsonl"), workers=args.workers
+            client,
+            spool_path=os.path.join(spool_dir, "spool.jsonl"),
+            max_concurrency=args.max_concurrency,
         )
         sdk, ours = latency(client, args.calls, args.rounds)
         print(f"Time on the caller's path per recording (median of {args.rounds} rounds):")

@@ -674,7 +674,11 @@ def _replay(freeplay: LocalFreeplay, spool: Path, outcome: Outcome) -> None:
     """`python -m freeplay_integrations replay SPOOL`, the command a user runs."""
     if not spool.exists():
         return
-    env = {**os.environ, "FREEPLAY_API_KEY": freeplay.api_key}
+    env = {
+        **os.environ,
+        "FREEPLAY_API_KEY": freeplay.api_key,
+        "FREEPLAY_API_BASE": freeplay.api_base,
+    }
     done = subprocess.run(
         [sys.executable, "-m", "freeplay_integrations", "replay", str(spool)],
         env=env,

@@ -128,6 +128,9 @@ def _setup() -> None:
     timeout = os.environ.get(ENV_SHUTDOWN_TIMEOUT)
     if timeout:
         configure_recording(shutdown_timeout=float(timeout))
+    # Servers that leave SIGTERM to Python's default action (wsgiref, waitress) need the
+    # opt-in handler for the exit flush to run; it is never installed over another one.
+    configure_recording(handle_sigterm=True)
 
 
 def _note(kind: str, op_id: str) -> None:

@@ -151,6 +151,10 @@ def recorded_turns(server: LocalFreeplay, session_id: str, count: int) -> list[R
         assert trace["name"] == TRACE_NAME
         children = [c for c in completions if c["parent_id"] == trace["id"]]
         assert len(children) == 2, (trace, completions)
+        # Sent concurrently: the order received is not the order recorded.
+        children.sort(
+            key=lambda c: c["messages"][0] != {"role": "system", "content": REWRITE_PROMPT}
+        )
         rewrite, answer = children
         assert rewrite["messages"][0] == {"role": "system", "content": REWRITE_PROMPT}
         assert answer["messages"][0] == {"role": "system", "content": ANSWER_PROMPT}

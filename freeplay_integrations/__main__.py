@@ -8,13 +8,14 @@ were fixed when they were recorded, so what had arrived after all is not duplica
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from ._config import ENV_API_BASE, ENV_API_KEY
-from ._recording import DEFAULT_SPOOL_PATH, ENV_SPOOL_PATH, RecorderConfig, replay_spool
+from ._recording import DEFAULT_SPOOL_PATH, ENV_SPOOL_PATH, replay_spool
 
 __all__ = ["main"]
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         default=None,
         metavar="SPOOL",
-        help=f"the spool file (default: ${ENV_SPOOL_PATH}, else ./{DEFAULT_SPOOL_PATH})",
+        help=f"the spool file (default: ${ENV_SPOOL_PATH}, else {DEFAULT_SPOOL_PATH})",
     )
     replay.add_argument(
         "--api-key", default=None, help=f"Freeplay API key (default: ${ENV_API_KEY})"
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--api-base",
         default=None,
-        help=f"Freeplay API base URL (default: ${ENV_API_BASE}, else the one each "
-        "operation was recorded for)",
+        help=f"Freeplay API base URL (default: ${ENV_API_BASE}); the API key is sent to "
+        "this URL only, never to one named in the spool",
     )
     replay.add_argument(
         "--attempts", type=int, default=3, help="attempts per operation (default: %(default)s)"
@@ -70,18 +71,27 @@ def _replay(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    api_base = args.api_base or os.environ.get(ENV_API_BASE) or None
-    if not os.path.exists(path):
+    api_base = args.api_base or os.environ.get(ENV_API_BASE)
+    if not api_base:
+        print(
+            f"No Freeplay API base URL: pass --api-base or set {ENV_API_BASE}. (The API key "
+            "is never sent to a URL named only in the spool.)",
+            file=sys.stderr,
+        )
+        return 2
+    if not os.path.exists(path) and not glob.glob(glob.escape(path) + ".draining-*"):
         print(f"Nothing to replay: {path} does not exist.")
         return 0
-    config = RecorderConfig(
-        spool_path=os.path.abspath(path),
-        max_attempts=max(1, args.attempts),
+    result = replay_spool(
+        path,
+        api_key=api_key,
+        api_base=api_base,
+        attempts=max(1, args.attempts),
         attempt_timeout=max(0.1, args.timeout),
-        backoff_base=0.5,
-        backoff_max=5.0,
     )
-    result = replay_spool(path, api_key=api_key, api_base=api_base, config=config)
+    if result.busy:
+        print(f"{path} is being drained by another process; try again later.")
+        return 1
     print(
         f"Replayed {path}: {result.read} operation(s) read, {result.sent} sent, "
         f"{result.failed} refused by Freeplay (dropped; see the log above), "
@@ -90,12 +100,6 @@ def _replay(args: argparse.Namespace) -> int:
     )
     if result.unreadable:
         print(f"{result.unreadable} unreadable line(s) moved to {path}.bad.")
-    if result.lost:
-        print(
-            f"{result.lost} operation(s) could not be written back to {path}; the replayed "
-            f"copy is kept as {result.kept_copy}.",
-            file=sys.stderr,
-        )
     return 0 if result.kept == result.failed == result.lost == 0 else 1
 
 

@@ -37,14 +37,14 @@ from ._context import (
 )
 from ._errors import ConfigurationError, NoActiveSessionError
 from ._recording import (
-    COMPLETION,
-    COMPLETION_FEEDBACK,
-    DELETE_SESSION,
-    SESSION_METADATA,
-    TRACE,
-    TRACE_FEEDBACK,
-    TRACE_METADATA,
+    Completion,
+    CompletionFeedback,
+    DeleteSession,
     Operation,
+    SessionMetadata,
+    Trace,
+    TraceFeedback,
+    TraceMetadata,
     recorder_for,
     trace_to_json,
 )
@@ -171,7 +171,7 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
     payload = RecordPayload(
         session_info=binding.session.session_info, **cast("dict[str, Any]", fields)
     )
-    answered = _send(binding, Operation(COMPLETION, project_id, binding.session_id, payload))
+    answered = _send(binding, Completion(project_id, binding.session_id, payload))
     if answered:
         completion_id = answered
     binding.last_completion_id = completion_id
@@ -296,7 +296,7 @@ class trace_scope(Scope[TraceHandle]):
         handle, binding, token = self._stack.pop()
         try:
             data = trace_to_json(handle, handle.output, handle.eval_results, handle.test_run_info)
-            _send(binding, Operation(TRACE, handle.project_id, handle.session_id, data))
+            _send(binding, Trace(handle.project_id, handle.session_id, data))
             for op in handle._after:
                 _send(binding, op)
         finally:
@@ -334,7 +334,7 @@ def end_session(*, delete: bool = False) -> None:
     binding.ended = True
     if delete:
         project_id = _project_id(binding, "end_session")
-        _send(binding, Operation(DELETE_SESSION, project_id, binding.session_id, {}))
+        _send(binding, DeleteSession(project_id, binding.session_id))
 
 
 def _feedback(feedback: Mapping[str, FeedbackValue], what: str) -> dict[str, FeedbackValue]:
@@ -365,8 +365,7 @@ def record_feedback(
                 "pass completion_id= (the ID record() returned)."
             )
     project_id = _project_id(binding, "record_feedback")
-    data = {"completion_id": str(completion_id), "feedback": body}
-    _send(binding, Operation(COMPLETION_FEEDBACK, project_id, binding.session_id, data))
+    _send(binding, CompletionFeedback(project_id, binding.session_id, str(completion_id), body))
     return str(completion_id)
 
 
@@ -393,9 +392,7 @@ def record_trace_feedback(
     project_id = _project_id(binding, "record_trace_feedback")
     handle = _open_trace(binding, trace_id, "record_trace_feedback")
     target = handle.trace_id if handle is not None else str(trace_id)
-    op = Operation(
-        TRACE_FEEDBACK, project_id, binding.session_id, {"trace_id": target, "feedback": body}
-    )
+    op = TraceFeedback(project_id, binding.session_id, target, body)
     if handle is not None:
         handle._after.append(op)
     else:
@@ -414,8 +411,7 @@ def update_session_metadata(metadata: Mapping[str, str | int | float | bool]) ->
     binding = _binding("update_session_metadata")
     body = _metadata(metadata, "update_session_metadata")
     project_id = _project_id(binding, "update_session_metadata")
-    op = Operation(SESSION_METADATA, project_id, binding.session_id, {"metadata": body})
-    _send(binding, op)
+    _send(binding, SessionMetadata(project_id, binding.session_id, body))
 
 
 def update_trace_metadata(
@@ -433,5 +429,4 @@ def update_trace_metadata(
         handle.custom_metadata = {**(handle.custom_metadata or {}), **body}
         return
     project_id = _project_id(binding, "update_trace_metadata")
-    data = {"trace_id": str(trace_id), "metadata": body}
-    _send(binding, Operation(TRACE_METADATA, project_id, binding.session_id, data))
+    _send(binding, TraceMetadata(project_id, binding.session_id, str(trace_id), body))

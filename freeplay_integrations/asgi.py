@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
-from ._recording import flush
+from ._recording import flush, shutdown_timeout
 from ._web import Rejection, SessionResolver
 
 if TYPE_CHECKING:
@@ -240,7 +240,7 @@ class FreeplaySessionMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_after_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await _in_thread(flush, SHUTDOWN_FLUSH_TIMEOUT)
+                await _in_thread(flush, shutdown_timeout())
             await send(message)
 
         await self.app(scope, receive, send_after_flush)

@@ -61,7 +61,7 @@ from ._context import (
 )
 from ._errors import ConfigurationError
 from ._ids import MAX_ID_LENGTH, parse_session_id
-from ._recording import flush
+from ._recording import flush, shutdown_timeout
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -313,4 +313,4 @@ def _on_postrun(sender: Any = None, task: Any = None, **_: Any) -> None:
 
 def _on_worker_shutdown(**_: Any) -> None:
     """Deliver background recordings before a worker (or a pool process) exits."""
-    flush(SHUTDOWN_FLUSH_TIMEOUT)
+    flush(shutdown_timeout())

@@ -1,61 +1,60 @@
-"""The recorder: background queue, retries, time limits, spool, flush, exit and fork.
-
-Real SDK, real local Freeplay server, real faults (503s, hangs, closed connections).
-"""
+"""The recorder: typed operations, adaptive concurrency, order, retries, spool, time limits."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from freeplay import Freeplay
-from freeplay.resources.recordings import RecordPayload
-from freeplay.resources.sessions import SessionInfo
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from starlette.testclient import TestClient
 
 from freeplay_integrations import (
-    ConfigurationError,
-    RecorderStats,
-    _recording,
     configure_recording,
-    current_session,
-    flush,
+    end_session,
     record,
+    record_feedback,
+    record_trace_feedback,
     recorder_stats,
     session_scope,
+    trace_scope,
+    update_session_metadata,
+    update_trace_metadata,
 )
 from freeplay_integrations._recording import (
-    COMPLETION,
-    COMPLETION_FEEDBACK,
-    DELETE_SESSION,
-    LOG_QUEUE_FULL,
-    LOG_REJECTED,
-    LOG_SPOOLED,
-    SESSION_METADATA,
-    TRACE,
-    TRACE_FEEDBACK,
-    TRACE_METADATA,
+    CompletionFeedback,
+    DeleteSession,
     Operation,
-    read_spool,
+    SdkTransport,
+    SessionMetadata,
+    Trace,
+    TraceFeedback,
+    TraceMetadata,
+    default_spool_path,
+    operation_from_json,
     recorder_for,
+    session_ref,
 )
-from freeplay_integrations.asgi import FreeplaySessionMiddleware
+from freeplay_integrations._recording._spool import append_lines, drain, spool_line
 from freeplay_integrations.local import LocalFreeplay
+
+SID = str(uuid.uuid4())
+
+
+def sid(name: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +70,7 @@ def server(freeplay_local: LocalFreeplay) -> LocalFreeplay:
 
 @pytest.fixture
 def spool(tmp_path: Path) -> Path:
-    return tmp_path / "spool.jsonl"
+    return tmp_path / "state" / "spool.jsonl"
 
 
 @pytest.fixture
@@ -80,475 +79,568 @@ def client(server: LocalFreeplay, spool: Path) -> Iterator[Freeplay]:
     configure_recording(
         client,
         spool_path=spool,
-        backoff_base=0.01,
-        backoff_max=0.05,
+        backoff_base=0.02,
+        backoff_max=0.2,
         attempt_timeout=2.0,
-        idle_timeout=1.0,
-        workers=2,
+        idle_timeout=0.5,
     )
     yield client
     server.faults.clear()
     recorder_for(client).flush(5)
 
 
-def scope(client: Freeplay, server: LocalFreeplay, **options: Any) -> session_scope:
-    return session_scope(client, project_id=server.project_id, **options)
+def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Operation]]:
+    """`n` completions of one new session, recorded for real, captured before sending."""
+    client = server.client()
+    captured: list[Operation] = []
+
+    class Capture:
+        def submit(self, op: Operation) -> bool:
+            captured.append(op)
+            return True
+
+    configure_recording(client, via=Capture())
+    with session_scope(client, project_id=server.project_id) as session:
+        for k in range(n):
+            record(all_messages=chat(str(k)))
+    return session.session_id, captured
 
 
-def spooled(spool: Path) -> list[dict[str, Any]]:
-    if not spool.exists():
-        return []
-    return [json.loads(line) for line in spool.read_text().splitlines()]
+def every_kind(server: LocalFreeplay) -> list[Operation]:
+    """One operation of each kind, recorded for real, captured from the recorder."""
+    client = server.client()
+    captured: list[Operation] = []
+
+    class Capture:
+        def submit(self, op: Operation) -> bool:
+            captured.append(op)
+            return True
+
+    configure_recording(client, via=Capture())
+    with session_scope(client, project_id=server.project_id):
+        with trace_scope("question", name="answer") as trace:
+            record(all_messages=chat("hi"))
+            trace.output = "answer"
+        record_feedback({"rating": 4})
+        record_trace_feedback({"helpful": True}, trace_id=trace.trace_id)
+        update_session_metadata({"ticket": "T-9"})
+        update_trace_metadata({"resolved": True}, trace_id=trace.trace_id)
+        end_session(delete=True)
+    return captured
 
 
-def statuses(server: LocalFreeplay) -> list[int]:
-    return [r.status for r in server.requests_received()]
+def test_every_kind_round_trips_through_json(server: LocalFreeplay) -> None:
+    ops = every_kind(server)
+    assert sorted(op.kind for op in ops) == sorted(
+        [
+            "completion",
+            "trace",
+            "completion_feedback",
+            "trace_feedback",
+            "session_metadata",
+            "trace_metadata",
+            "delete_session",
+        ]
+    )
+    for op in ops:
+        data = op.to_json()
+        assert data["kind"] == op.kind
+        again = operation_from_json(json.loads(json.dumps(data)))
+        assert type(again) is type(op)
+        assert again.key == op.key
+        assert again.to_json()["data"] == data["data"]
+        assert (again.project_id, again.session_id) == (op.project_id, op.session_id)
 
 
-# -- background delivery ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "line",
+    [
+        {},
+        {"kind": "nope", "project_id": "p", "session_id": "s", "data": {}},
+        {"kind": "trace", "project_id": "p", "session_id": "s", "data": {"input": 1}},
+        {"kind": "trace_feedback", "project_id": "p", "session_id": "s", "data": {}},
+        {"kind": "completion", "project_id": "p", "session_id": "s", "data": {}},
+        {"kind": "session_metadata", "project_id": 1, "session_id": "s", "data": {}},
+        ["not", "an", "object"],
+    ],
+)
+def test_operation_from_json_refuses_bad_lines_with_value_error(line: Any) -> None:
+    with pytest.raises(ValueError):
+        operation_from_json(line)
 
 
-def test_background_record_returns_before_any_answer(
+def test_background_delivers_every_kind_in_the_order_the_api_needs(
     client: Freeplay, server: LocalFreeplay
 ) -> None:
-    server.faults.hang(10)
-    with scope(client, server):
-        ids = [record(all_messages=chat(str(n))).completion_id for n in range(3)]
-    assert server.request_count == 0  # nothing answered yet: record() did not wait
-    assert recorder_stats(client).pending == 3
-    server.faults.release()
-    assert recorder_for(client).flush(5)
-    assert [c["id"] for c in server.completions()] == ids
-
-
-def test_one_sessions_recordings_arrive_in_order_despite_retries(
-    client: Freeplay, server: LocalFreeplay
-) -> None:
-    configure_recording(client, queue_size=1000)
-    with scope(client, server) as first, scope(client, server) as second:
-        pass
-    expected: dict[str, list[str]] = {first.session_id: [], second.session_id: []}
-    for n in range(30):
-        if n == 10:
-            server.faults.fail_next(3)
-        session = first if n % 3 else second
-        with session_scope(client, session.session_id, project_id=server.project_id):
-            expected[session.session_id].append(record(all_messages=chat(str(n))).completion_id)
+    server.faults.latency(0.05)
+    with session_scope(client, project_id=server.project_id) as session:
+        with trace_scope("question") as trace:
+            completion_id = record(all_messages=chat("hi")).completion_id
+            trace.output = "answer"
+        record_feedback({"rating": 4})
+        record_trace_feedback({"helpful": True}, trace_id=trace.trace_id)
+        update_trace_metadata({"resolved": True}, trace_id=trace.trace_id)
+        update_session_metadata({"ticket": "T-9"})
     assert recorder_for(client).flush(10)
-    for session_id, ids in expected.items():
-        assert [c["id"] for c in server.completions(session_id)] == ids
+    (completion,) = server.completions(session.session_id)
+    assert completion["id"] == completion_id
+    assert completion["feedback"] == {"rating": 4}
+    (stored,) = server.traces(session.session_id)
+    assert stored["feedback"] == {"helpful": True}
+    assert stored["custom_metadata"] == {"resolved": True}
     stats = recorder_stats(client)
-    assert (stats.sent, stats.retried) == (30, 3)
+    assert stats.sent == 6 and stats.spooled == stats.failed == 0
 
 
-# -- retries and failure classification ------------------------------------------------
-
-
-def operation(kind: str, server: LocalFreeplay, session_id: str) -> Operation:
-    """One operation of each kind, as the helpers build them."""
-    project = server.project_id
-    trace_id = str(uuid.uuid4())
-    data: Any
-    if kind == COMPLETION:
-        data = RecordPayload(
-            project_id=project,
-            all_messages=chat(kind),
-            session_info=SessionInfo(session_id, None),
-            completion_id=uuid.uuid4(),
-        )
-    elif kind == TRACE:
-        data = {"trace_id": trace_id, "input": "in", "output": "out"}
-    elif kind == COMPLETION_FEEDBACK:
-        data = {"completion_id": str(uuid.uuid4()), "feedback": {"rating": 1}}
-    elif kind == TRACE_FEEDBACK:
-        data = {"trace_id": trace_id, "feedback": {"ok": True}}
-    elif kind in (SESSION_METADATA, TRACE_METADATA):
-        data = {"trace_id": trace_id, "metadata": {"k": "v"}}
-    else:
-        data = {}
-    return Operation(kind, project, session_id, data)
-
-
-KINDS = [
-    COMPLETION,
-    TRACE,
-    COMPLETION_FEEDBACK,
-    TRACE_FEEDBACK,
-    SESSION_METADATA,
-    TRACE_METADATA,
-    DELETE_SESSION,
-]
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("fault", ["503", "429", "500", "reset"])
-def test_transient_failures_are_retried_for_every_kind(
-    client: Freeplay, server: LocalFreeplay, kind: str, fault: str
+def test_a_delete_cancels_what_is_queued_and_goes_after_what_is_in_flight(
+    client: Freeplay, server: LocalFreeplay
 ) -> None:
-    if fault == "reset":
-        server.faults.reset_next(2)
-    else:
-        server.faults.fail_next(2, status=int(fault))
-    op = operation(kind, server, str(uuid.uuid4()))
-    recorder_for(client).submit(op)
-    assert recorder_for(client).flush(5)
-    assert op.state == "sent"
-    assert statuses(server)[-1] in (200, 201)
-    assert len(statuses(server)) == 3
-    assert recorder_stats(client).retried == 2
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_a_4xx_is_not_retried_and_is_logged_once(
-    client: Freeplay,
-    server: LocalFreeplay,
-    spool: Path,
-    kind: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    server.faults.fail_next(1, status=400)
-    op = operation(kind, server, str(uuid.uuid4()))
-    with caplog.at_level(logging.ERROR, logger="freeplay_integrations.recording"):
-        recorder_for(client).submit(op)
-        assert recorder_for(client).flush(5)
-    assert statuses(server) == [400]
-    assert op.state == "failed"
-    stats = recorder_stats(client)
-    assert (stats.failed, stats.retried, stats.spooled) == (1, 0, 0)
-    rejected = [r for r in caplog.records if r.msg == LOG_REJECTED]
-    assert len(rejected) == 1
-    assert "400" in rejected[0].getMessage()
-    assert not spool.exists()  # a replay would be refused the same way
-
-
-def test_a_wrong_api_key_is_spooled_for_a_replay(
-    server: LocalFreeplay, spool: Path, tmp_path: Path
-) -> None:
-    client = Freeplay(freeplay_api_key="wrong-key", api_base=server.api_base)
-    configure_recording(client, spool_path=spool, backoff_base=0.01)
-    with scope(client, server):
-        response = record(all_messages=chat("x"))
-    assert recorder_for(client).flush(5)
-    assert statuses(server) == [401]  # not retried
-    (line,) = spooled(spool)
-    assert line["data"]["completion_id"] == response.completion_id
-    assert "401" in line["reason"]
-
-
-def test_exhausted_retries_go_to_the_spool(
-    client: Freeplay, server: LocalFreeplay, spool: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    configure_recording(client, max_attempts=3)
-    server.faults.fail_for(30)
-    with caplog.at_level(logging.WARNING, logger="freeplay_integrations.recording"):
-        with scope(client, server) as session:
-            response = record(all_messages=chat("x"))
-        assert recorder_for(client).flush(5)  # handled: spooled by the worker
-    assert statuses(server) == [503, 503, 503]
-    (line,) = spooled(spool)
-    assert (line["kind"], line["session_id"]) == (COMPLETION, session.session_id)
-    assert line["data"]["completion_id"] == response.completion_id
-    assert line["attempts"] == 3
-    assert "503" in line["reason"]
-    assert any(r.msg == LOG_SPOOLED for r in caplog.records)
-    stats = recorder_stats(client)
-    assert (stats.spooled, stats.retried, stats.sent) == (1, 2, 0)
-
-
-# -- time limits ------------------------------------------------------------------------
-
-
-def test_each_attempt_has_a_time_limit_but_only_for_the_recorder(
-    client: Freeplay, server: LocalFreeplay, spool: Path
-) -> None:
-    configure_recording(client, attempt_timeout=0.2, max_attempts=2)
-    server.faults.hang(1.5)
-    started = time.monotonic()
-    with scope(client, server):
-        record(all_messages=chat("limited"))
-    assert recorder_for(client).flush(5)
-    assert time.monotonic() - started < 1.2  # two 0.2 s attempts, not the 1.5 s hang
-    assert len(spooled(spool)) == 1
-    # The app's own SDK calls keep the SDK's behaviour: no time limit imposed on them.
-    payload = RecordPayload(project_id=server.project_id, all_messages=chat("own call"))
-    server.faults.hang(0.6)
-    started = time.monotonic()
-    client.recordings.create(payload)
-    assert time.monotonic() - started >= 0.5
-
-
-# -- the queue --------------------------------------------------------------------------
-
-
-def test_a_full_queue_spools_at_once_and_never_blocks(
-    client: Freeplay, server: LocalFreeplay, spool: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    configure_recording(client, queue_size=4, workers=1)
-    recorder = recorder_for(client)
-    server.faults.hang(10)
-    logs = caplog.at_level(logging.WARNING, logger="freeplay_integrations.recording")
-    with logs, scope(client, server):
-        ids = [record(all_messages=chat(str(n))).completion_id for n in range(12)]
-    stats = recorder.stats()
-    assert stats.queued + stats.overflowed == 12
-    assert stats.queued <= 5  # four waiting, at most one in flight
-    assert stats.pending == stats.queued
-    assert [line["data"]["completion_id"] for line in spooled(spool)] == ids[stats.queued :]
-    assert any(r.msg == LOG_QUEUE_FULL for r in caplog.records)
-    server.faults.release()
-    assert recorder.flush(5)
-    assert [c["id"] for c in server.completions()] == ids[: stats.queued]
-
-
-def test_flush_timeout_spools_the_rest_and_a_replay_delivers_each_once(
-    client: Freeplay, server: LocalFreeplay, spool: Path
-) -> None:
-    configure_recording(client, attempt_timeout=5.0)
-    server.faults.hang(30)
-    with scope(client, server):
-        ids = [record(all_messages=chat(str(n))).completion_id for n in range(6)]
-    started = time.monotonic()
-    assert flush(timeout=0.5) is False
-    assert time.monotonic() - started < 1.5
-    assert sorted(line["data"]["completion_id"] for line in spooled(spool)) == sorted(ids)
-    stats = recorder_stats(client)
-    assert (stats.spooled, stats.pending <= 2) == (6, True)
-    server.faults.release()  # the requests held in flight now arrive too
-    result = _recording.replay_spool(spool, api_key=server.api_key)
-    assert (result.read, result.sent, result.kept) == (6, 6, 0)
-    server.wait_for(lambda: len(server.completions()) == 6)
-    assert sorted(c["id"] for c in server.completions()) == sorted(ids)
-    assert not spool.exists() or spooled(spool) == []
-
-
-# -- sync mode --------------------------------------------------------------------------
-
-
-def test_sync_mode_retries_inline(client: Freeplay, server: LocalFreeplay) -> None:
-    server.faults.fail_next(2)
-    with scope(client, server, recording="sync"):
-        response = record(all_messages=chat("x"))
-        assert server.completion(response.completion_id) is not None
-    assert statuses(server) == [503, 503, 201]
-
-
-def test_sync_mode_never_raises_and_spools(
-    client: Freeplay, server: LocalFreeplay, spool: Path
-) -> None:
-    configure_recording(client, max_attempts=2)
-    server.faults.fail_for(30)
-    with scope(client, server, recording="sync"):
-        response = record(all_messages=chat("x"))
-    assert [line["data"]["completion_id"] for line in spooled(spool)] == [response.completion_id]
-    server.faults.clear()
-    server.faults.fail_next(1, status=422)
-    with scope(client, server, recording="sync"):
-        record(all_messages=chat("refused"))
-    assert recorder_stats(client).failed == 1
-
-
-def test_sync_mode_stops_retrying_at_sync_timeout(
-    client: Freeplay, server: LocalFreeplay, spool: Path
-) -> None:
-    configure_recording(client, max_attempts=100, sync_timeout=0.3, backoff_base=0.05)
-    server.faults.fail_for(30)
-    started = time.monotonic()
-    with scope(client, server, recording="sync"):
-        record(all_messages=chat("x"))
-    assert time.monotonic() - started < 1.0
-    assert len(spooled(spool)) == 1
-
-
-# -- counters and configuration ---------------------------------------------------------
-
-
-def test_counters_add_up(client: Freeplay, server: LocalFreeplay) -> None:
-    server.faults.fail_next(1)
-    with scope(client, server):
+    server.faults.latency(0.2)
+    with session_scope(client, project_id=server.project_id) as session:
         for n in range(5):
             record(all_messages=chat(str(n)))
-    assert recorder_for(client).flush(5)
+        end_session(delete=True)
+    assert recorder_for(client).flush(10)
+    assert server.completions(session.session_id) == []
+    methods = [r.method for r in server.requests_received()]
+    assert methods[-1] == "DELETE"
     stats = recorder_stats(client)
-    assert stats == RecorderStats(queued=5, sent=5, retried=1)
-    assert recorder_stats().sent >= 5  # the process-wide sum includes this client
+    assert stats.sent + stats.cancelled == 6
 
 
-def test_configuration_errors_say_what_to_fix(client: Freeplay) -> None:
-    with pytest.raises(ConfigurationError, match="attempt_timeout"):
-        configure_recording(client, attempt_timeout=0)
-    with pytest.raises(ConfigurationError, match="queue_size"):
-        configure_recording(queue_size=0)
-    recorder_for(client).submit(
-        Operation(DELETE_SESSION, "p", str(uuid.uuid4()), {})
-    )  # starts the workers
-    with pytest.raises(ConfigurationError, match="before the first recording"):
-        configure_recording(client, workers=8)
-
-
-def test_spool_path_and_defaults(
-    server: LocalFreeplay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_requests_in_flight_grow_with_the_backlog_and_stop_at_the_ceiling(
+    client: Freeplay, server: LocalFreeplay
 ) -> None:
-    monkeypatch.setattr(_recording, "_defaults", {})
-    monkeypatch.setenv("FREEPLAY_SPOOL_PATH", str(tmp_path / "from-env.jsonl"))
-    assert recorder_for(server.client()).config.spool_path == str(tmp_path / "from-env.jsonl")
-    monkeypatch.delenv("FREEPLAY_SPOOL_PATH")
-    monkeypatch.chdir(tmp_path)
-    default = recorder_for(server.client()).config
-    assert default.spool_path == str(tmp_path / "freeplay-spool.jsonl")
-    configure_recording(backoff_max=7.0)
-    assert recorder_for(server.client()).config.backoff_max == 7.0
+    configure_recording(client, max_concurrency=8, idle_timeout=0.3)
+    recorder = recorder_for(client)
+    server.faults.latency(0.3)
+    seen = 0
+    with session_scope(client, project_id=server.project_id):  # one session
+        for n in range(40):
+            record(all_messages=chat(str(n)))
+            seen = max(seen, recorder._threads)
+    deadline = time.monotonic() + 10
+    while recorder.stats().pending and time.monotonic() < deadline:
+        seen = max(seen, recorder._threads)
+        time.sleep(0.01)
+    assert recorder.flush(10)
+    assert seen == 8  # grew to the ceiling, not past it
+    deadline = time.monotonic() + 5
+    while recorder._threads and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert recorder._threads == 0  # and shrank once idle
+    assert recorder.stats().sent == 40
 
 
-# -- shutdown: ASGI lifespan, process exit ----------------------------------------------
+def test_the_latency_fault_does_not_serialise_requests(server: LocalFreeplay) -> None:
+    _, (op,) = captured_completions(server, 1)
+    payload = op.payload  # type: ignore[attr-defined]
+    server.faults.latency(0.4)
+    client = server.client()
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            client.recordings.create(payload)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert not errors
+    assert 0.4 <= elapsed < 0.4 * 8 / 2
+    server.faults.latency(0)
+    started = time.monotonic()
+    one()
+    assert time.monotonic() - started < 0.4
 
 
-def test_asgi_lifespan_shutdown_flushes(client: Freeplay, server: LocalFreeplay) -> None:
-    def view(request: Request) -> Response:
-        return JSONResponse({"id": record(all_messages=chat("x")).completion_id})
-
-    app = FreeplaySessionMiddleware(
-        Starlette(routes=[Route("/", view)]), client=client, project_id=server.project_id
-    )
-    server.faults.hang(0.5)
-    with TestClient(app) as http:
-        ids = [http.get("/").json()["id"] for _ in range(3)]
-        assert server.completions() == []
-    # Lifespan shutdown waited for the queue: everything is there, no waiting needed.
-    assert [c["id"] for c in server.completions()] == ids
-    assert current_session() is None
-
-
-EXIT_SCRIPT = """
-import logging, sys
-logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-from freeplay import Freeplay
-import freeplay_integrations as fi
-
-client = Freeplay(freeplay_api_key={key!r}, api_base={base!r})
-fi.configure_recording(client, spool_path={spool!r}, shutdown_timeout={shutdown})
-with fi.session_scope(client, project_id="p") as session:
-    for n in range(5):
-        fi.record(all_messages=[{{"role": "user", "content": str(n)}}])
-print(session.session_id)
-"""
-
-
-def run_script(
-    server: LocalFreeplay, spool: Path, shutdown: float
-) -> subprocess.CompletedProcess[str]:
-    script = EXIT_SCRIPT.format(
-        key=server.api_key, base=server.api_base, spool=str(spool), shutdown=shutdown
-    )
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-def test_process_exit_delivers_what_is_queued(server: LocalFreeplay, spool: Path) -> None:
-    server.faults.hang(1.0)  # nothing is delivered before the script's last line
-    done = run_script(server, spool, shutdown=10)
-    assert done.returncode == 0, done.stderr
-    session_id = done.stdout.strip()
-    assert len(server.completions(session_id)) == 5
-    assert "at exit: queued=5 sent=5" in done.stderr
+def test_a_short_outage_is_retried_with_nothing_spooled(
+    client: Freeplay, server: LocalFreeplay, spool: Path
+) -> None:
+    server.faults.fail_for(0.5)
+    with session_scope(client, project_id=server.project_id) as session:
+        for n in range(10):
+            record(all_messages=chat(str(n)))
+    assert recorder_for(client).flush(20)
+    assert len(server.completions(session.session_id)) == 10
+    stats = recorder_stats(client)
+    assert stats.retried > 0 and stats.spooled == 0
     assert not spool.exists()
 
 
-def test_process_exit_spools_what_it_cannot_deliver(server: LocalFreeplay, spool: Path) -> None:
-    server.faults.hang(60)
-    started = time.monotonic()
-    done = run_script(server, spool, shutdown=0.5)
-    assert time.monotonic() - started < 10
-    assert done.returncode == 0, done.stderr
-    assert len(spooled(spool)) == 5
-    assert "spooled=5" in done.stderr
-    server.faults.release()
+def test_retry_after_is_honoured(client: Freeplay, server: LocalFreeplay) -> None:
+    # A 503 carrying Retry-After: the wait is at least what Freeplay asked for.
+    from freeplay_integrations._recording._transport import _retry_after
+
+    assert _retry_after("2") == 2.0
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+    assert _retry_after("garbage") is None
+    recorder = recorder_for(client)
+    from freeplay_integrations._recording import Failure
+
+    delay = recorder._delay(1, Failure(True, 503, 1.5, "HTTP 503"))
+    assert delay >= 1.5
 
 
-# -- fork ---------------------------------------------------------------------------------
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork with threads, 3.12+
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_has_a_working_recorder_of_its_own(
-    client: Freeplay, server: LocalFreeplay
+def test_a_final_4xx_is_dropped_counted_and_logged_once_per_kind_and_status(
+    client: Freeplay, server: LocalFreeplay, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server.faults.hang(1.0)
-    with scope(client, server) as parent_session:
-        parent_ids = [record(all_messages=chat(str(n))).completion_id for n in range(3)]
-    assert recorder_stats(client).pending == 3
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report through the pipe, never return into pytest
-        code = 1
-        try:
-            os.close(read_end)
-            fresh = recorder_stats(client) == RecorderStats()
-            with scope(client, server) as child_session:
-                record(all_messages=chat("from the child"))
-            delivered = recorder_for(client).flush(10)
-            report = {"fresh": fresh, "delivered": delivered, "session": child_session.session_id}
-            report["sent"] = recorder_stats(client).sent
-            os.write(write_end, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    report = json.loads(os.read(read_end, 4096))
-    os.close(read_end)
-    assert os.waitstatus_to_exitcode(status) == 0
-    assert report == {"fresh": True, "delivered": True, "session": report["session"], "sent": 1}
+    server.faults.fail_next(5, status=422)
+    with session_scope(client, project_id=server.project_id) as session:
+        with caplog.at_level(logging.ERROR, "freeplay_integrations"):
+            for n in range(5):
+                update_session_metadata({"n": n})
+            assert recorder_for(client).flush(10)
+        record(all_messages=chat("fine"))
     assert recorder_for(client).flush(10)
-    assert [c["id"] for c in server.completions(parent_session.session_id)] == parent_ids
-    assert len(server.completions(report["session"])) == 1
-    assert server.duplicates == 0  # the child did not send the parent's queue again
+    stats = recorder_stats(client)
+    assert (stats.failed, stats.sent, stats.spooled) == (5, 1, 0)
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 1
+    assert session.session_id not in caplog.text
+    assert session_ref(session.session_id) in caplog.text
 
 
-def test_spool_lines_are_self_contained(
+def test_overflow_past_the_byte_budget_goes_to_the_spool_and_drains_by_itself(
     client: Freeplay, server: LocalFreeplay, spool: Path
 ) -> None:
-    configure_recording(client, max_attempts=1)
-    server.faults.fail_for(30)
-    with scope(client, server, custom_metadata={"user": "u"}) as session:
-        record(all_messages=chat("x"), inputs={"q": 1}, eval_results={"ok": True})
+    configure_recording(client, queue_bytes=20_000)
+    server.faults.hang(1.0)
+    big = "x" * 5_000
+    with session_scope(client, project_id=server.project_id) as session:
+        for n in range(20):
+            record(all_messages=chat(f"{n} {big}"))
+    stats = recorder_stats(client)
+    assert stats.overflowed > 0
+    assert spool.exists()
+    assert (spool.stat().st_mode & 0o777, spool.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    server.faults.release()
+    deadline = time.monotonic() + 20
+    while len(server.completions(session.session_id)) < 20 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(server.completions(session.session_id)) == 20
+    assert server.duplicates == 0
+    deadline = time.monotonic() + 5
+    while spool.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spool.exists()
+
+
+def test_a_new_recorder_drains_what_an_earlier_process_left(
+    server: LocalFreeplay, spool: Path
+) -> None:
+    session_id, ops = captured_completions(server, 4)
+    append_lines(str(spool), [spool_line(op, server.api_base, "test") for op in ops[:3]])
+    with spool.open("a") as f:
+        f.write('{"kind": "trace", "project_id": "p"}\n{"cut short')  # bad, then a partial line
+    append_lines(str(spool), [spool_line(ops[3], server.api_base, "t")])
+    client = server.client()
+    configure_recording(client, spool_path=spool)
+    server.wait_for(lambda: len(server.completions(session_id)) == 4, timeout=10)
+    server.wait_for(lambda: not list(spool.parent.glob("spool.jsonl*[!dk]")), timeout=5)
+    assert not spool.exists()
+    bad = Path(str(spool) + ".bad").read_text().splitlines()
+    assert len(bad) == 2  # the line without a trace ID, and the cut one
+
+
+def test_a_drain_sends_an_operation_once_over_processes_sharing_the_spool(
+    server: LocalFreeplay, spool: Path
+) -> None:
+    session_id, ops = captured_completions(server, 30)
+    append_lines(str(spool), [spool_line(op, server.api_base, "test") for op in ops])
+    script = (
+        "import sys, time\n"
+        "from freeplay import Freeplay\n"
+        "from freeplay_integrations._recording import SdkTransport\n"
+        "from freeplay_integrations._recording._spool import drain\n"
+        "t = SdkTransport(Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2]))\n"
+        "def send(op):\n"
+        "    t.send(op, 5); time.sleep(0.01); return 'sent'\n"
+        "r = drain(sys.argv[3], send, api_base=sys.argv[2], wait=True)\n"
+        "print(r.sent)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, server.api_key, server.api_base, str(spool)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    sent = [int(p.communicate(timeout=60)[0].strip()) for p in procs]
+    assert sorted(sent) == [0, 30]
+    assert len(server.completions(session_id)) == 30
+    assert server.request_count == 30
+
+
+def test_a_crash_mid_drain_leaves_the_rest_for_the_next_drain(
+    server: LocalFreeplay, spool: Path
+) -> None:
+    session_id, ops = captured_completions(server, 5)
+    append_lines(str(spool), [spool_line(op, server.api_base, "test") for op in ops])
+    transport = SdkTransport(server.client())
+    calls = 0
+
+    def dies(op: Operation) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt  # the process dies mid-drain
+        transport.send(op, 5)
+        return "sent"
+
+    with pytest.raises(KeyboardInterrupt):
+        drain(str(spool), dies, api_base=server.api_base)
+    leftovers = list(spool.parent.glob("spool.jsonl.draining-*"))
+    assert len(leftovers) == 1
+
+    def sends(op: Operation) -> Any:
+        transport.send(op, 5)
+        return "sent"
+
+    result = drain(str(spool), sends, api_base=server.api_base)
+    assert result.sent == 5  # the two already sent are sent again: fixed IDs, no duplicate
+    assert not list(spool.parent.glob("spool.jsonl.draining-*"))
+    assert len(server.completions(session_id)) == 5
+
+
+def test_spool_permissions_hold_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        path = tmp_path / "a" / "b" / "spool.jsonl"
+        append_lines(str(path), ["{}\n"])
+        existing = tmp_path / "open.jsonl"
+        existing.write_text("")
+        existing.chmod(0o644)
+        append_lines(str(existing), ["{}\n"])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700
+    assert path.parent.parent.stat().st_mode & 0o777 == 0o700
+    assert existing.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_default_spool_path_is_a_per_user_state_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_spool_path() == str(tmp_path / "freeplay-integrations" / "spool.jsonl")
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_spool_path().startswith(os.path.expanduser("~/.local/state/"))
+    assert not default_spool_path().startswith(
+        os.getcwd() + os.sep
+    ) or os.getcwd() == os.path.expanduser("~")
+
+
+def test_an_unwritable_spool_is_reported_once_at_start_up(
+    server: LocalFreeplay, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    configure_recording_path = blocker / "spool.jsonl"
+    from freeplay_integrations._recording import _scheduler
+
+    with caplog.at_level(logging.ERROR, "freeplay_integrations"):
+        recorder = _scheduler.Recorder(
+            server.client(), _scheduler.RecorderConfig(spool_path=str(configure_recording_path))
+        )
+        _scheduler._start_up(recorder)
+        _scheduler._start_up(recorder)
+    lines = [r for r in caplog.records if "cannot be written" in r.getMessage()]
+    assert len(lines) == 1
+    assert "FREEPLAY_SPOOL_PATH" in lines[0].getMessage()
+
+
+# -- honest time limits -------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[str]:
+    """Accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """A listener whose accept backlog is full: connects hang (SYNs are dropped)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(0)
+    address = sock.getsockname()
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(address)
+        fillers.append(filler)
+    time.sleep(0.1)
+    yield f"http://127.0.0.1:{address[1]}/api"
+    for filler in fillers:
+        filler.close()
+    sock.close()
+
+
+@pytest.fixture
+def refused_port() -> str:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}/api"
+
+
+@pytest.mark.parametrize("where", ["refused_port", "silent_listener", "full_backlog"])
+def test_an_attempt_limit_bounds_the_whole_attempt(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    api_base = request.getfixturevalue(where)
+    transport = SdkTransport(Freeplay(freeplay_api_key="k", api_base=api_base))
+    op = SessionMetadata("p", "s", {"a": 1})
+    started = time.monotonic()
+    with pytest.raises(Exception) as raised:
+        transport.send(op, 0.5)
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.5 + 0.3
+    assert transport.classify(raised.value).transient
+
+
+def test_sync_recording_never_blocks_past_sync_timeout(
+    client: Freeplay, server: LocalFreeplay, spool: Path
+) -> None:
+    configure_recording(client, sync_timeout=0.6, attempt_timeout=10)
+    server.faults.hang(30)
+    with session_scope(client, project_id=server.project_id, recording="sync"):
+        started = time.monotonic()
+        record(all_messages=chat("hung"))
+        elapsed = time.monotonic() - started
+    server.faults.release()
+    assert 0.5 <= elapsed < 0.6 + 0.3
+    assert recorder_stats(client).spooled == 1
+    assert spool.exists()
+
+
+# -- routes and process hooks -------------------------------------------------------------
+
+
+def test_via_a_route_object(server: LocalFreeplay, spool: Path) -> None:
+    taken: list[Operation] = []
+
+    class Route:
+        def __init__(self, take: bool) -> None:
+            self.take = take
+
+        def submit(self, op: Operation) -> bool:
+            taken.append(op)
+            return self.take
+
+    client = server.client()
+    configure_recording(client, spool_path=spool, via=Route(True))
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("routed"))
     assert recorder_for(client).flush(5)
-    ((operation_, api_base),) = read_spool(str(spool))[0]
-    assert api_base == server.api_base
-    assert operation_.session_id == session.session_id
-    assert operation_.data.session_info.custom_metadata == {"user": "u"}
-    assert operation_.data.inputs == {"q": 1}
-    assert operation_.data.eval_results == {"ok": True}
-    assert oct(spool.stat().st_mode & 0o777) == oct(0o600)  # conversation data: owner only
+    assert len(taken) == 1 and recorder_stats(client).routed == 1
+    assert server.completions(session.session_id) == []
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
-def test_idle_workers_exit_and_come_back(client: Freeplay, server: LocalFreeplay) -> None:
-    configure_recording(client, idle_timeout=0.1)
-    with scope(client, server):
-        record(all_messages=chat("1"))
+    configure_recording(client, via=Route(False))  # declined: delivered in-process
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("declined"))
     assert recorder_for(client).flush(5)
+    assert len(taken) == 2
+    assert len(server.completions(session.session_id)) == 1
 
-    def workers() -> list[threading.Thread]:
-        return [t for t in threading.enumerate() if t.name.startswith("freeplay-recorder")]
+    from freeplay_integrations import ConfigurationError
 
-    lanes = recorder_for(client)._lanes
-    threads = [lane.thread for lane in lanes if lane.thread is not None]
-    assert threads and all(t in workers() for t in threads)
-    wait_until(lambda: all(lane.thread is None for lane in lanes))
-    assert not any(t.is_alive() for t in threads)
-    with scope(client, server):
-        record(all_messages=chat("2"))
-    assert recorder_for(client).flush(5)
-    assert len(server.completions()) == 2
+    with pytest.raises(ConfigurationError):
+        configure_recording(client, via=object())
+
+    class CeleryLike:  # looks like a Celery app: the Celery route module is imported lazily
+        conf: dict[str, Any] = {}
+
+        def send_task(self, *args: Any) -> None:  # pragma: no cover - never called here
+            pass
+
+    try:
+        import freeplay_integrations._celery_route  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        with pytest.raises(ConfigurationError, match="Celery route"):
+            configure_recording(client, via=CeleryLike())
+
+
+def test_constructing_a_recorder_installs_no_sigterm_handler(server: LocalFreeplay) -> None:
+    code = (
+        "import signal\n"
+        "from freeplay_integrations.local import LocalFreeplay\n"
+        "from freeplay_integrations._recording import prepare_recorder, install_sigterm_handler\n"
+        "with LocalFreeplay() as s:\n"
+        "    prepare_recorder(s.client())\n"
+        "    print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+        "    print(install_sigterm_handler())\n"
+        "    print(signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)\n"
+    )
+    env = {**os.environ, "FREEPLAY_SPOOL_PATH": os.devnull + ".none"}
+    env.pop("FREEPLAY_HANDLE_SIGTERM", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    ).stdout.split()
+    assert out == ["True", "True", "False"]
+    assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def test_stats_at_exit_are_debug_when_everything_arrived(
+    server: LocalFreeplay, tmp_path: Path
+) -> None:
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stdout,\n"
+        "                    format='%(levelname)s %(message)s')\n"
+        "from freeplay import Freeplay\n"
+        "import freeplay_integrations as fi\n"
+        f"client = Freeplay(freeplay_api_key={server.api_key!r}, api_base={server.api_base!r})\n"
+        f"fi.configure_recording(client, spool_path={str(tmp_path / 's.jsonl')!r})\n"
+        f"with fi.session_scope(client, project_id={server.project_id!r}):\n"
+        "    fi.record(all_messages=[{'role': 'user', 'content': 'x'}])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    ).stdout
+    (line,) = [x for x in out.splitlines() if "at exit" in x]
+    assert line.startswith("DEBUG") and "sent=1" in line
+
+
+def test_trace_ops_follow_their_trace(server: LocalFreeplay) -> None:
+    trace = Trace("p", "s", {"trace_id": "t1", "input": "x"})
+    assert trace.provides == "trace:t1"
+    assert TraceFeedback("p", "s", "t1", {"a": 1}).follows == "trace:t1"
+    assert TraceMetadata("p", "s", "t1", {"a": 1}).follows == "trace:t1"
+    assert CompletionFeedback("p", "s", "c1", {"a": 1}).follows == "completion:c1"
+    assert SessionMetadata("p", "s", {}).follows is None
+    assert DeleteSession("p", "s").follows is None

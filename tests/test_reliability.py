@@ -220,30 +220,26 @@ HANDLERS = """
         pass
 
     seen = {}
-    thread = threading.Thread(target=build)
+    build()
+    seen["not installed by a middleware"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    thread = threading.Thread(target=_recording.install_sigterm_handler)
     thread.start()
     thread.join()
-    seen["built in a thread"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    seen["not from a thread"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    build()
+    _recording.install_sigterm_handler()
     seen["SIG_IGN kept"] = signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
     signal.signal(signal.SIGTERM, mine)
-    build()
+    _recording.install_sigterm_handler()
     seen["own handler kept"] = signal.getsignal(signal.SIGTERM) is mine
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.environ[_recording.ENV_HANDLE_SIGTERM] = "0"
-    build()
-    seen["opted out"] = signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    del os.environ[_recording.ENV_HANDLE_SIGTERM]
-    build()
-    seen["installed over the default"] = (
-        signal.getsignal(signal.SIGTERM) is _recording._on_sigterm
-    )
+    _recording.configure_recording(handle_sigterm=True)
+    seen["opted in"] = signal.getsignal(signal.SIGTERM) is _recording._hooks._on_sigterm
     print(json.dumps(seen))
 """
 
 
-def test_sigterm_handler_is_installed_only_over_the_default_from_the_main_thread() -> None:
+def test_sigterm_handler_is_opt_in_and_only_over_the_default_from_the_main_thread() -> None:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(HANDLERS)],
         capture_output=True,
@@ -253,11 +249,11 @@ def test_sigterm_handler_is_installed_only_over_the_default_from_the_main_thread
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {
-        "built in a thread": True,
+        "not installed by a middleware": True,
+        "not from a thread": True,
         "SIG_IGN kept": True,
         "own handler kept": True,
-        "opted out": True,
-        "installed over the default": True,
+        "opted in": True,
     }
 
 
@@ -267,7 +263,7 @@ SCRIPT = """
     from freeplay_integrations import configure_recording, record, session_scope
 
     client = Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2])
-    configure_recording(shutdown_timeout=1.0)
+    configure_recording(shutdown_timeout=1.0, handle_sigterm=True)
     with session_scope(client, project_id="p"):
         for n in range(20):
             record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})

@@ -34,12 +34,11 @@ from freeplay_integrations import (
 )
 from freeplay_integrations.__main__ import main
 from freeplay_integrations._recording import (
-    COMPLETION,
-    DELETE_SESSION,
-    Operation,
-    _append_lines,
+    Completion,
+    DeleteSession,
     recorder_for,
 )
+from freeplay_integrations._recording._spool import append_lines, spool_line
 from freeplay_integrations.local import LocalFreeplay
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +51,7 @@ def chat(text: str) -> list[dict[str, str]]:
 @pytest.fixture
 def server(freeplay_local: LocalFreeplay, monkeypatch: pytest.MonkeyPatch) -> LocalFreeplay:
     monkeypatch.setenv("FREEPLAY_API_KEY", freeplay_local.api_key)
-    monkeypatch.delenv("FREEPLAY_API_BASE", raising=False)  # each line says where it goes
+    monkeypatch.setenv("FREEPLAY_API_BASE", freeplay_local.api_base)  # the key goes there only
     return freeplay_local
 
 
@@ -172,7 +171,7 @@ def test_a_spooled_completion_replays_to_the_same_request_body(
     client.recordings.create(payload(direct, session_id))  # what the SDK sends itself
     server.faults.fail_for(60)
     recorder_for(client).submit(
-        Operation(COMPLETION, server.project_id, session_id, payload(spooled, session_id))
+        Completion(server.project_id, session_id, payload(spooled, session_id))
     )
     assert recorder_for(client).flush(5)
     server.faults.clear()
@@ -204,7 +203,7 @@ def test_replay_keeps_what_still_fails_and_gives_up_early(
     assert main(["replay", str(spool), "--attempts", "2"]) == 1
     assert "10 operation(s) read, 0 sent" in capsys.readouterr().out
     assert [line["data"]["completion_id"] for line in lines(spool)] == before
-    assert server.request_count == 3 * 2  # three operations tried, then it stopped trying
+    assert server.request_count == 2  # one operation tried twice, then it stopped trying
     server.faults.clear()
     assert main(["replay", str(spool)]) == 0
     assert sorted(c["id"] for c in server.completions()) == sorted(before)
@@ -230,10 +229,8 @@ def test_replay_skips_what_a_later_delete_removes_and_duplicates(
     deleted, _ = spool_while_down(client, server, work)
     kept, _ = spool_while_down(client, server, work)
     doubled = spool.read_text().splitlines()[-1]
-    delete = Operation(DELETE_SESSION, server.project_id, deleted.session_id, {})
-    _append_lines(
-        str(spool), [doubled + "\n", json.dumps(delete.to_json(server.api_base, "test")) + "\n"]
-    )
+    delete = DeleteSession(server.project_id, deleted.session_id)
+    append_lines(str(spool), [doubled + "\n", spool_line(delete, server.api_base, "test")])
 
     assert main(["replay", str(spool)]) == 0
     assert server.completions(deleted.session_id) == []
@@ -247,7 +244,7 @@ def test_unreadable_lines_are_moved_aside(
     client: Freeplay, server: LocalFreeplay, spool: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     spool_while_down(client, server, lambda: record(all_messages=chat("ok")))
-    _append_lines(str(spool), ["not json\n", '{"kind": "mystery"}\n'])
+    append_lines(str(spool), ["not json\n", '{"kind": "mystery"}\n'])
     assert main(["replay", str(spool)]) == 0
     assert "2 unreadable line(s) moved" in capsys.readouterr().out
     assert Path(f"{spool}.bad").read_text().splitlines() == ["not json", '{"kind": "mystery"}']
@@ -262,14 +259,28 @@ def test_lines_spooled_during_a_replay_stay_in_the_spool(
     replay = threading.Thread(target=main, args=(["replay", str(spool)],))
     replay.start()
     server.wait_for(
-        lambda: any(p.name.startswith("spool.jsonl.replaying") for p in spool.parent.iterdir())
+        lambda: any(p.name.startswith("spool.jsonl.draining") for p in spool.parent.iterdir())
     )
-    late = Operation(DELETE_SESSION, server.project_id, str(uuid.uuid4()), {})
-    _append_lines(str(spool), [json.dumps(late.to_json(server.api_base, "late")) + "\n"])
+    late = DeleteSession(server.project_id, str(uuid.uuid4()))
+    append_lines(str(spool), [spool_line(late, server.api_base, "late")])
     server.faults.release()
     replay.join(10)
     assert [line["reason"] for line in lines(spool)] == ["late"]
     assert len(server.completions()) == 1
+
+
+def test_replay_sends_the_key_only_to_the_given_api_base(
+    client: Freeplay, server: LocalFreeplay, spool: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool_while_down(client, server, lambda: record(all_messages=chat("elsewhere")))
+    text = spool.read_text().replace(server.api_base, "http://127.0.0.1:9/api")
+    spool.write_text(text)  # the file names another host: it is not used
+    assert main(["replay", str(spool)]) == 0
+    assert len(server.completions()) == 1
+    monkeypatch.delenv("FREEPLAY_API_BASE")
+    spool_while_down(client, server, lambda: record(all_messages=chat("no base")))
+    assert main(["replay", str(spool)]) == 2  # no base given: nothing sent anywhere
+    assert server.request_count == 0
 
 
 def test_replay_without_an_api_key_says_how_to_give_one(

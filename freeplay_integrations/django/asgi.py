@@ -18,16 +18,18 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.core.asgi import get_asgi_application as get_django_asgi_application
 
-from .._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Receive, Scope, Send
+from .._asgi import ASGIApp, Receive, Scope, Send
 from .._recording import flush
+from .._recording import shutdown_timeout as recorder_shutdown_timeout
 
 __all__ = ["get_asgi_application", "with_recording_lifespan"]
 
 
-def with_recording_lifespan(
-    app: ASGIApp, *, shutdown_timeout: float = SHUTDOWN_FLUSH_TIMEOUT
-) -> ASGIApp:
-    """`app` (an ASGI app without lifespan support) answering lifespan itself."""
+def with_recording_lifespan(app: ASGIApp, *, shutdown_timeout: float | None = None) -> ASGIApp:
+    """`app` (an ASGI app without lifespan support) answering lifespan itself.
+
+    `shutdown_timeout` defaults to the recorder's one (`configure_recording(shutdown_timeout=)`).
+    """
 
     async def application(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
@@ -38,14 +40,17 @@ def with_recording_lifespan(
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await sync_to_async(flush, thread_sensitive=False)(shutdown_timeout)
+                timeout = (
+                    recorder_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
+                )
+                await sync_to_async(flush, thread_sensitive=False)(timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
     return application
 
 
-def get_asgi_application(*, shutdown_timeout: float = SHUTDOWN_FLUSH_TIMEOUT) -> ASGIApp:
+def get_asgi_application(*, shutdown_timeout: float | None = None) -> ASGIApp:
     """`django.core.asgi.get_asgi_application()`, flushing recordings at lifespan shutdown."""
     return with_recording_lifespan(
         get_django_asgi_application(),  # type: ignore[arg-type]

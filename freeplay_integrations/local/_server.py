@@ -114,6 +114,7 @@ class Faults:
         self._reset_count = 0
         self._hang_until = 0.0
         self._released = threading.Event()
+        self._latency = 0.0
 
     def fail_next(self, n: int = 1, status: int = 503) -> None:
         """Answer the next `n` API requests with `status` (e.g. 500, 503, 429) and a JSON body.
@@ -148,6 +149,16 @@ class Faults:
             self._hang_until = 0.0
             self._released.set()
 
+    def latency(self, seconds: float) -> None:
+        """Delay every API answer by `seconds` (a Freeplay that far away); 0 removes it.
+
+        Each request waits in its own server thread: concurrent requests are not serialised.
+        """
+        if seconds < 0:
+            raise ValueError(f"latency must be >= 0 seconds, got {seconds}")
+        with self._lock:
+            self._latency = float(seconds)
+
     def reset_next(self, n: int = 1) -> None:
         """Close the connection of the next `n` API requests without answering."""
         with self._lock:
@@ -159,6 +170,7 @@ class Faults:
             self._fail_count = 0
             self._fail_until = 0.0
             self._reset_count = 0
+            self._latency = 0.0
         self.release()
 
     @property
@@ -176,6 +188,9 @@ class Faults:
         with self._lock:
             remaining = self._hang_until - time.monotonic()
             released = self._released
+            latency = self._latency
+        if latency > 0:
+            time.sleep(latency)
         if remaining > 0:
             released.wait(remaining)
         with self._lock:

@@ -1,0 +1,418 @@
+"""Delivery throughput with Freeplay at a real network distance, side by side with the SDK.
+
+The local Freeplay runs in its own process (so it does not share this process's GIL), with
+`faults.latency(LATENCY)`: every API answer is delayed, concurrent requests are not
+serialised. In one run, interleaved over `--rounds`:
+
+- bare SDK: `client.recordings.create` from a pool of `--threads` threads, over
+  `--sessions` sessions;
+- recorder: the same number of recordings made with `record()` from `--threads` threads
+  over the same number of sessions, default settings; timed until `flush()` returns. The
+  time each `record()` call spent on the caller's path is collected (median, p99);
+- one session: `--one-session` recordings in a single `session_scope`, until delivered.
+
+Then, with `--memory N`, N recordings at zero latency with the process's resident memory
+sampled every 10%: it must stay flat.
+
+    .venv/bin/python bench/delivery.py [--recordings 1500] [--sessions 150] [--threads 100]
+        [--latency 0.1] [--one-session 500] [--rounds 3] [--memory 100000]
+    .venv/bin/python bench/delivery.py --outage 120 [--outage-rate 50] [--queue-size N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from freeplay import Freeplay
+from freeplay.resources.recordings import RecordPayload
+from freeplay.resources.sessions import SessionInfo
+
+from freeplay_integrations import (
+    configure_recording,
+    flush,
+    record,
+    recorder_stats,
+    session_scope,
+)
+
+API_KEY = "bench-key"
+PROJECT = "bench-project"
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+
+SERVER = """
+import sys, time
+from freeplay_integrations.local import LocalFreeplay
+with LocalFreeplay(api_key=sys.argv[1], project_id=sys.argv[2]) as server:
+    server.faults.latency(float(sys.argv[3]))
+    print("API_BASE=" + server.api_base, flush=True)
+    control = sys.stdin
+    for line in control:  # "latency X" lines change the latency; EOF stops
+        if line.startswith("latency "):
+            server.faults.latency(float(line.split()[1]))
+            print("ok", flush=True)
+        elif line.startswith("down "):
+            server.faults.fail_for(float(line.split()[1]))
+            print("ok", flush=True)
+        elif line.startswith("count"):
+            print(len(server.completions()), server.duplicates, flush=True)
+"""
+
+
+@contextmanager
+def local_server(latency: float) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVER, API_KEY, PROJECT, str(latency)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        match = re.search(r"API_BASE=(\S+)", process.stdout.readline())
+        if not match:
+            raise RuntimeError("the local Freeplay server did not start")
+        yield match.group(1), process
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        process.wait(30)
+
+
+def command(process: subprocess.Popen[str], line: str) -> str:
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(line + "\n")
+    process.stdin.flush()
+    return process.stdout.readline().strip()
+
+
+def set_latency(process: subprocess.Popen[str], seconds: float) -> None:
+    command(process, f"latency {seconds}")
+
+
+def outage(
+    client: Freeplay, process: subprocess.Popen[str], seconds: float, rate: float
+) -> dict[str, float]:
+    """Record at `rate`/s while Freeplay answers 503 for `seconds`, then 5 s more after.
+
+    Returns how many were recorded, delivered, stored twice, spooled and lost, and how long
+    after the recovery the last one arrived.
+    """
+    before = int(command(process, "count").split()[0])
+    command(process, f"down {seconds}")
+    down_until = time.monotonic() + seconds
+    recorded = 0
+    with session_scope(client, project_id=PROJECT):
+        started = time.monotonic()
+        while time.monotonic() < down_until + 5:
+            record(all_messages=MESSAGES)
+            recorded += 1
+            time.sleep(max(0.0, started + recorded / rate - time.monotonic()))
+    deadline = time.monotonic() + 120
+    delivered = duplicates = 0
+    while time.monotonic() < deadline:
+        count, duplicates = (int(x) for x in command(process, "count").split())
+        delivered = count - before
+        if delivered >= recorded:
+            break
+        time.sleep(0.1)
+    stats = recorder_stats(client)
+    return {
+        "recorded": recorded,
+        "delivered": delivered,
+        "duplicates": duplicates,
+        "after_recovery_s": time.monotonic() - down_until,
+        "spooled": stats.spooled,
+        "lost": stats.lost,
+    }
+
+
+def session_ids(count: int) -> list[str]:
+    import uuid
+
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def bare_sdk(client: Freeplay, recordings: int, sessions: int, threads: int) -> float:
+    ids = session_ids(sessions)
+
+    def one(n: int) -> None:
+        session = SessionInfo(ids[n % sessions], None)
+        payload = RecordPayload(project_id=PROJECT, all_messages=MESSAGES, session_info=session)
+        for attempt in range(5):  # what a user's own loop would do on a connection error
+            try:
+                client.recordings.create(payload)
+                return
+            except Exception:
+                if attempt == 4:
+                    raise
+                time.sleep(0.05 * 2**attempt)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(recordings)))
+    return recordings / (time.perf_counter() - started)
+
+
+def recorder(
+    client: Freeplay, recordings: int, sessions: int, threads: int
+) -> tuple[float, list[float]]:
+    """Recordings/s until delivered, and the time each record() call took (seconds)."""
+    per_thread = [[] for _ in range(threads)]  # type: list[list[float]]
+    per_session = recordings // sessions
+    barrier = threading.Barrier(threads + 1)
+
+    def producer(index: int) -> None:
+        times = per_thread[index]
+        barrier.wait()
+        for _ in range(index, sessions, threads):
+            with session_scope(client, project_id=PROJECT):
+                for _n in range(per_session):
+                    started = time.perf_counter()
+                    record(all_messages=MESSAGES)
+                    times.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=producer, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for worker in workers:
+        worker.join()
+    assert flush(600)
+    elapsed = time.perf_counter() - started
+    return per_session * sessions / elapsed, [t for times in per_thread for t in times]
+
+
+def one_session(client: Freeplay, recordings: int) -> float:
+    started = time.perf_counter()
+    with session_scope(client, project_id=PROJECT):
+        for _ in range(recordings):
+            record(all_messages=MESSAGES)
+    assert flush(600)
+    return recordings / (time.perf_counter() - started)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(client: Freeplay, recordings: int) -> list[float]:
+    samples = [rss_mib()]
+    step = max(1, recordings // 10)
+    with session_scope(client, project_id=PROJECT):
+        for n in range(1, recordings + 1):
+            record(all_messages=MESSAGES)
+            if n % step == 0:
+                # keep the producer just ahead of delivery: the queue must not be the test
+                while recorder_stats(client).pending > 2_000:
+                    time.sleep(0.01)
+                samples.append(rss_mib())
+    assert flush(600)
+    samples.append(rss_mib())
+    return samples
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+CHILD = """
+import os, signal, sys, time
+from freeplay import Freeplay
+import freeplay_integrations as fi
+from freeplay_integrations._recording import recorder_for
+mode, api_base, spool, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+client = Freeplay(freeplay_api_key=sys.argv[5], api_base=api_base)
+fi.configure_recording(spool_path=spool, shutdown_timeout=1.0)
+if mode == "drain":
+    recorder_for(client)  # start-up drains what the earlier processes left
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if not os.path.exists(spool) and not any(
+            n.startswith(os.path.basename(spool) + ".draining")
+            for n in os.listdir(os.path.dirname(spool))
+        ) and not recorder_for(client)._draining:
+            break
+    print(fi.recorder_stats(client).drained, flush=True)
+    sys.exit(0)
+with fi.session_scope(client, project_id=sys.argv[6]):
+    for n in range(count):
+        fi.record(all_messages=[{"role": "user", "content": str(n)}])
+print("QUEUED", flush=True)
+if mode == "kill":
+    time.sleep(600)
+"""
+
+
+def child(mode: str, api_base: str, spool: str, count: int = 0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", CHILD, mode, api_base, spool, str(count), API_KEY, PROJECT],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+
+
+def spool_lines(spool: str) -> int:
+    try:
+        with open(spool) as f:
+            return sum(1 for line in f if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def processes(api_base: str, process: subprocess.Popen[str], count: int) -> list[str]:
+    """Restart mid-outage; two processes on one spool; a hard kill. Markdown rows."""
+    rows = []
+    # A process restarted mid-outage: it exits (spooling), its successor drains.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-restart-"), "spool.jsonl")
+    before = int(command(process, "count").split()[0])
+    command(process, "down 3600")
+    first = child("exit", api_base, spool, count)
+    first.communicate(timeout=300)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    successor = child("drain", api_base, spool)
+    successor.communicate(timeout=300)
+    stored, dupes = (int(x) for x in command(process, "count").split())
+    rows.append(
+        f"| restart mid-outage | {count} | {spooled} spooled at exit | "
+        f"{stored - before} delivered by the successor | {count - (stored - before)} lost, "
+        f"{dupes} received twice (stored once: fixed IDs) |"
+    )
+    # Two processes on one spool: both start up at once and drain it.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-shared-"), "spool.jsonl")
+    before, dupes_before = stored, dupes
+    command(process, "down 3600")
+    child("exit", api_base, spool, count).communicate(timeout=300)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    drains = [child("drain", api_base, spool) for _ in range(2)]
+    drained = [int(d.communicate(timeout=300)[0].strip() or 0) for d in drains]
+    stored, dupes = (int(x) for x in command(process, "count").split())
+    rows.append(
+        f"| two processes, one spool | {count} | {spooled} spooled | drained {drained} | "
+        f"{stored - before} stored, {dupes - dupes_before} received twice (stored once: "
+        "fixed IDs) |"
+    )
+    # A hard kill mid-outage: what was only in memory is lost.
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-kill-"), "spool.jsonl")
+    command(process, "down 3600")
+    killed = child("kill", api_base, spool, count)
+    assert killed.stdout is not None
+    killed.stdout.readline()
+    time.sleep(1.0)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(30)
+    spooled = spool_lines(spool)
+    command(process, "down 0")
+    rows.append(
+        f"| hard kill (SIGKILL) mid-outage | {count} | {spooled} spooled | - | "
+        f"**{count - spooled} lost** (they were only in memory) |"
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recordings", type=int, default=1500)
+    parser.add_argument("--sessions", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=100)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--one-session", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--memory", type=int, default=0)
+    parser.add_argument("--outage", type=float, default=0, help="seconds Freeplay is down")
+    parser.add_argument("--outage-rate", type=float, default=50, help="recordings/s meanwhile")
+    parser.add_argument("--queue-size", type=int, default=None, help="recorder queue_size")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="process scenarios with this many recordings"
+    )
+    parser.add_argument("--markdown", default=None, help="append the results to this file")
+    args = parser.parse_args()
+
+    spool = os.path.join(tempfile.mkdtemp(prefix="freeplay-bench-"), "spool.jsonl")
+    configure_recording(spool_path=spool, queue_size=args.queue_size)
+    with local_server(args.latency) as (api_base, process):
+        client = Freeplay(freeplay_api_key=API_KEY, api_base=api_base)
+        if args.outage or args.processes:
+            rows = []
+            if args.outage:
+                result = outage(client, process, args.outage, args.outage_rate)
+                print(f"outage {args.outage:.0f} s at {args.outage_rate:.0f}/s: {result}")
+                rows.append(
+                    f"| Freeplay down {args.outage:.0f} s under load ({args.outage_rate:.0f}/s, "
+                    f"queue_size={args.queue_size or 10000}) | {result['recorded']:.0f} | "
+                    f"{result['spooled']:.0f} spooled | {result['delivered']:.0f} delivered, "
+                    f"the last {result['after_recovery_s'] - 5:.1f} s after the load ended "
+                    f"(it went on 5 s past recovery) | {result['lost']:.0f} lost, "
+                    f"{result['duplicates']:.0f} received twice (stored once: fixed IDs) |"
+                )
+            if args.processes:
+                rows.extend(processes(api_base, process, args.processes))
+            for row in rows:
+                print(row)
+            if args.markdown:
+                with open(args.markdown, "a") as out:
+                    out.write(
+                        "\n## Outages and processes (bench/delivery.py)\n\n"
+                        f"Freeplay {args.latency * 1000:.0f} ms away; command: `.venv/bin/python "
+                        f"bench/delivery.py {' '.join(sys.argv[1:])}`. Sizes: "
+                        "`make reliability RELIABILITY_OUTAGE=... RELIABILITY_PROCESSES=...`; "
+                        "run on the 2-core shared, loaded machine."
+                        "\n\n| scenario | recorded | spool | delivered | lost |\n"
+                        "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+                    )
+            return
+        sdk_rates, ours_rates, one_rates, call_times = [], [], [], []
+        for _ in range(args.rounds):
+            sdk_rates.append(bare_sdk(client, args.recordings, args.sessions, args.threads))
+            rate, times = recorder(client, args.recordings, args.sessions, args.threads)
+            ours_rates.append(rate)
+            call_times.extend(times)
+            one_rates.append(one_session(client, args.one_session))
+        stats = recorder_stats(client)
+        sdk, ours = statistics.median(sdk_rates), statistics.median(ours_rates)
+        print(
+            f"Freeplay {args.latency * 1000:.0f} ms away; {args.recordings} recordings over "
+            f"{args.sessions} sessions, {args.threads} threads; median of {args.rounds} rounds"
+        )
+        print(f"  bare SDK, {args.threads} threads: {sdk:8.0f} recordings/s  {sdk_rates}")
+        print(f"  recorder (defaults):      {ours:8.0f} recordings/s  ({ours / sdk:.2f}x)")
+        print(f"  one session:              {statistics.median(one_rates):8.0f} recordings/s")
+        print(
+            f"  record() on the caller's path: median {statistics.median(call_times) * 1e6:.1f}"
+            f" us, p99 {percentile(call_times, 0.99) * 1e6:.1f} us ({len(call_times)} calls)"
+        )
+        print(f"  spooled: {stats.spooled}  failed: {stats.failed}  lost: {stats.lost}")
+        if args.memory:
+            set_latency(process, 0.0)
+            samples = memory(client, args.memory)
+            print(
+                f"  memory over {args.memory} recordings (RSS MiB, every 10%): "
+                + " ".join(f"{s:.0f}" for s in samples)
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,952 @@
+"""The scheduler: one `Recorder` per Freeplay client, sending with adaptive concurrency.
+
+`submit` puts an operation on the ready queue (or holds it until the one it follows is
+handled) and returns: no network I/O on the request path. Sending threads are started
+while a backlog waits and Freeplay answers, up to `max_concurrency`; a thread idle for
+`idle_timeout` exits. A transient failure puts the operation on a timer (capped,
+jittered backoff, or what `Retry-After` says) without holding a thread; it is retried
+for `retry_for` seconds, then spooled. Past the queue's count or byte budget, new
+operations go to the spool; once Freeplay answers again the recorder drains the spool.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import logging
+import os
+import random
+import threading
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .._errors import ConfigurationError
+from . import _spool
+from ._operations import DeleteSession, Operation, session_ref
+from ._spool import Outcome
+from ._transport import Failure, SdkTransport
+
+if TYPE_CHECKING:
+    from freeplay import Freeplay
+
+__all__ = [
+    "ENV_SPOOL_PATH",
+    "Recorder",
+    "RecorderConfig",
+    "RecorderStats",
+    "Route",
+    "configure_recording",
+    "flush",
+    "recorder_for",
+    "recorder_stats",
+]
+
+logger = logging.getLogger("freeplay_integrations.recording")
+
+#: Environment variable naming the spool file.
+ENV_SPOOL_PATH = "FREEPLAY_SPOOL_PATH"
+
+LOG_REJECTED = (
+    "freeplay_integrations: Freeplay refused %d %s operation(s) with %s (dropped, not "
+    "retried); last for session %s: %s"
+)
+LOG_RETRY = "freeplay_integrations: %s for session %s failed (attempt %d), retrying in %.2fs: %s"
+LOG_SPOOLED = (
+    "freeplay_integrations: %d operation(s) not delivered (%s) written to the spool %s; "
+    "the recorder sends them once Freeplay answers"
+)
+LOG_SPOOL_FAILED = (
+    "freeplay_integrations: LOST %d operation(s): could not write the spool %s (%s). "
+    "Set FREEPLAY_SPOOL_PATH (or configure_recording(spool_path=...)) to a writable file."
+)
+LOG_SPOOL_UNWRITABLE = (
+    "freeplay_integrations: the spool %s cannot be written (%s): what cannot be delivered "
+    "would be lost. Set FREEPLAY_SPOOL_PATH (or configure_recording(spool_path=...)) to a "
+    "writable file."
+)
+LOG_QUEUE_FULL = (
+    "freeplay_integrations: the recording queue is over its budget (%d operations or %d "
+    "bytes); %d operation(s) went to the spool instead."
+)
+LOG_DRAINED = (
+    "freeplay_integrations: drained the spool %s: %d sent, %d refused, %d kept, %d unreadable"
+)
+LOG_WORKER_CRASHED = "freeplay_integrations: recorder worker error (the worker carries on)"
+
+#: Final statuses that are spooled anyway: a replay with the right key delivers them.
+SPOOLED_STATUSES = frozenset({401, 403})
+#: Seconds between two log lines of one kind (the counts add up meanwhile).
+LOG_INTERVAL = 10.0
+#: Seconds between two looks for a spool file once Freeplay answers.
+DRAIN_CHECK_INTERVAL = 5.0
+
+
+@runtime_checkable
+class Route(Protocol):
+    """Another way to deliver: `submit(op)` returns True when it took the operation."""
+
+    def submit(self, op: Operation) -> bool: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderConfig:
+    """How a recorder delivers. See `configure_recording` for each setting."""
+
+    spool_path: str
+    queue_size: int = 10_000
+    queue_bytes: int = 64 * 1024 * 1024
+    max_concurrency: int = 64
+    attempt_timeout: float = 10.0
+    retry_for: float = 300.0
+    max_attempts: int | None = None
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    sync_timeout: float = 15.0
+    shutdown_timeout: float = 5.0
+    idle_timeout: float = 30.0
+    put_timeout: float = 0.0
+    via: object | None = None
+
+    def validate(self) -> RecorderConfig:
+        for name in ("queue_size", "queue_bytes", "max_concurrency"):
+            _check_int(name, getattr(self, name))
+        if self.max_attempts is not None:
+            _check_int("max_attempts", self.max_attempts)
+        for name in (
+            "attempt_timeout",
+            "retry_for",
+            "backoff_base",
+            "backoff_max",
+            "sync_timeout",
+            "shutdown_timeout",
+            "idle_timeout",
+            "put_timeout",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigurationError(
+                    f"configure_recording({name}=...) must be a number of seconds >= 0, "
+                    f"not {value!r}."
+                )
+        if self.attempt_timeout <= 0:
+            raise ConfigurationError(
+                "configure_recording(attempt_timeout=...) must be > 0: an attempt without a "
+                "time limit lets a hung Freeplay block a worker forever."
+            )
+        if not isinstance(self.spool_path, str) or not self.spool_path:
+            raise ConfigurationError(
+                f"configure_recording(spool_path=...) must be a file path, not {self.spool_path!r}."
+            )
+        return self
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"configure_recording({name}=...) must be an int >= 1, not {value!r}."
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecorderStats:
+    """Counters of a recorder (or the sum over every recorder).
+
+    Every operation handed to a recorder ends in exactly one of `sent`, `failed`,
+    `spooled`, `cancelled`, `lost` and `routed`; `pending` are queued or being sent now.
+    """
+
+    #: Operations accepted on the background queue.
+    queued: int = 0
+    #: Operations delivered (background and sync).
+    sent: int = 0
+    #: Retry attempts made after a transient failure.
+    retried: int = 0
+    #: Operations Freeplay refused with a final 4xx (or that could not be sent at all):
+    #: dropped, logged once per (kind, status) per interval.
+    failed: int = 0
+    #: Operations written to the spool (over budget, retry time spent, flush timeout, exit).
+    spooled: int = 0
+    #: Operations dropped because `end_session(delete=True)` deleted their session first.
+    cancelled: int = 0
+    #: Operations that could not even be written to the spool (logged as LOST).
+    lost: int = 0
+    #: Of the spooled ones, how many found the queue over its budget.
+    overflowed: int = 0
+    #: Queued or in flight now.
+    pending: int = 0
+    #: Taken by the `via=` route.
+    routed: int = 0
+    #: Delivered from the spool by the recorder's own drain.
+    drained: int = 0
+
+    def __add__(self, other: RecorderStats) -> RecorderStats:
+        return RecorderStats(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(self))
+        )
+
+
+_TERMINAL = ("sent", "failed", "spooled", "cancelled", "lost")
+
+
+class _RateLimit:
+    """Allows a log line at most every `interval` seconds; counts what happened meanwhile."""
+
+    __slots__ = ("count", "interval", "next_at")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.next_at = 0.0
+        self.count = 0
+
+    def hit(self, n: int) -> int:
+        self.count += n
+        now = time.monotonic()
+        if now < self.next_at:
+            return 0
+        self.next_at = now + self.interval
+        count, self.count = self.count, 0
+        return count
+
+
+class Recorder:
+    """Sends one Freeplay client's operations, in the background or inline."""
+
+    def __init__(self, client: Freeplay, config: RecorderConfig) -> None:
+        self._config = config.validate()
+        self._transport = SdkTransport(client, pool_size=self._config.max_concurrency)
+        self.api_base = self._transport.api_base
+        self._cond = threading.Condition(threading.Lock())
+        self._ready: deque[Operation] = deque()
+        self._timers: list[tuple[float, int, Operation]] = []
+        self._live: dict[int, Operation] = {}
+        self._by_key: dict[str, Operation] = {}
+        self._by_session: dict[str, set[Operation]] = {}
+        self._bytes = 0
+        self._seq = 0
+        self._threads = 0
+        self._to_start = 0
+        self._idle = 0
+        self._flushers = 0
+        self._healthy = True
+        self._counts = dict.fromkeys(
+            ("queued", "retried", "overflowed", "routed", "drained", *_TERMINAL), 0
+        )
+        self._logs: dict[object, _RateLimit] = {}
+        self._draining = False
+        self._next_drain_check = 0.0
+        self._route: Route | None = None
+        self._set_route(self._config.via)
+
+    def __repr__(self) -> str:
+        return f"<Recorder {self.api_base} {self.stats()}>"
+
+    @property
+    def config(self) -> RecorderConfig:
+        return self._config
+
+    @property
+    def transport(self) -> SdkTransport:
+        return self._transport
+
+    def configure(self, **changes: Any) -> None:
+        config = dataclasses.replace(self._config, **changes).validate()
+        if config.max_concurrency != self._config.max_concurrency:
+            self._transport.resize(config.max_concurrency)
+        if config.via is not self._config.via:
+            self._set_route(config.via)
+        moved = config.spool_path != self._config.spool_path
+        self._config = config
+        if moved:
+            _start_up(self)
+
+    def _set_route(self, via: object | None) -> None:
+        if via is None:
+            self._route = None
+        elif callable(getattr(via, "submit", None)):
+            self._route = via  # type: ignore[assignment]
+        elif hasattr(via, "send_task") and hasattr(via, "conf"):
+            try:
+                from .. import _celery_route  # type: ignore[attr-defined]
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "configure_recording(via=<Celery app>): the Celery route is not "
+                    f"available in this version ({exc})."
+                ) from exc
+            self._route = _celery_route.CeleryRoute(via, self)
+        else:
+            raise ConfigurationError(
+                "configure_recording(via=...) takes a Celery app or an object with a "
+                f"submit(op) -> bool method, not {type(via).__name__}."
+            )
+
+    # -- counters ----------------------------------------------------------------------
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._cond:
+            self._counts[name] += n
+
+    def _log_limited(self, key: object, n: int = 1) -> int:
+        limit = self._logs.get(key)
+        if limit is None:
+            limit = self._logs[key] = _RateLimit(LOG_INTERVAL)
+        return limit.hit(n)
+
+    def stats(self) -> RecorderStats:
+        with self._cond:
+            return RecorderStats(**self._counts, pending=len(self._live))
+
+    # -- submit ------------------------------------------------------------------------
+
+    def submit(self, op: Operation) -> None:
+        """Queue `op`. Never does network I/O; never blocks (past `put_timeout`)."""
+        route = self._route
+        if route is not None and route.submit(op):
+            self._count("routed")
+            return
+        config = self._config
+        size = op.size = op.estimate_size()
+        with self._cond:
+            if isinstance(op, DeleteSession):
+                deps = self._cancel_locked(op.session_id)
+            else:
+                deps = []
+                follows = op.follows
+                if follows is not None:
+                    dep = self._by_key.get(follows)
+                    if dep is not None:
+                        deps.append(dep)
+            if config.put_timeout > 0 and self._over_budget(size):
+                self._cond.wait_for(lambda: not self._over_budget(size), config.put_timeout)
+            if self._over_budget(size):
+                self._counts["overflowed"] += 1
+                count = self._log_limited("overflow")
+                queued = False
+            else:
+                queued = True
+                self._seq += 1
+                op.seq = self._seq
+                self._live[op.seq] = op
+                self._bytes += size
+                self._counts["queued"] += 1
+                provides = op.provides
+                if provides is not None:
+                    self._by_key[provides] = op
+                session = self._by_session.get(op.session_id)
+                if session is None:
+                    session = self._by_session[op.session_id] = set()
+                session.add(op)
+                op.deps_left = len(deps)
+                for dep in deps:
+                    if dep.dependents is None:
+                        dep.dependents = [op]
+                    else:
+                        dep.dependents.append(op)
+                if not deps:
+                    self._ready.append(op)
+                    self._wake_locked()
+        if queued:
+            self._start_threads()
+            return
+        self._spool([op], "the recording queue is over its budget")
+        if count:
+            logger.warning(LOG_QUEUE_FULL, config.queue_size, config.queue_bytes, count)
+
+    def _over_budget(self, size: int) -> bool:
+        config = self._config
+        return len(self._live) >= config.queue_size or (
+            bool(self._live) and self._bytes + size > config.queue_bytes
+        )
+
+    def _wake_locked(self) -> None:
+        """Wake an idle thread; ask for one more while the backlog outgrows the idle ones.
+
+        The thread is started by `_start_threads`, after the lock is released.
+        """
+        if self._idle:
+            self._cond.notify()
+            if self._idle >= len(self._ready):
+                return
+        if self._threads + self._to_start >= self._config.max_concurrency:
+            return
+        if not self._healthy and self._threads + self._to_start >= 1:
+            return  # Freeplay is failing: do not add load, the timers carry the retries
+        self._to_start += 1
+
+    def _start_threads(self) -> None:
+        if not self._to_start:
+            return
+        with self._cond:
+            count, self._to_start = self._to_start, 0
+            self._threads += count
+        for _ in range(count):
+            threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
+
+    def _cancel_locked(self, session_id: str) -> list[Operation]:
+        """Cancel what is pending for a session about to be deleted; the delete follows it."""
+        pending = list(self._by_session.get(session_id, ()))
+        for op in pending:
+            op.cancelled = True
+        if pending:
+            self._cond.notify_all()
+        return pending
+
+    def cancel_session(self, session_id: str) -> None:
+        with self._cond:
+            self._cancel_locked(session_id)
+
+    # -- the sending threads -----------------------------------------------------------
+
+    def _next_locked(self) -> Operation | None:
+        """The next operation to attempt, waiting for one; None to let the thread exit."""
+        idle_since = time.monotonic()
+        while True:
+            now = time.monotonic()
+            timers = self._timers
+            if timers and (timers[0][0] <= now or timers[0][2].cancelled or timers[0][2].state):
+                return heapq.heappop(timers)[2]
+            if self._ready:
+                return self._ready.popleft()
+            idle_for = self._config.idle_timeout - (now - idle_since)
+            if idle_for <= 0 and not timers:
+                return None
+            wait = idle_for if not timers else min(max(idle_for, 0.05), timers[0][0] - now)
+            self._idle += 1
+            try:
+                self._cond.wait(max(0.001, wait))
+            finally:
+                self._idle -= 1
+
+    def _work(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    op = self._next_locked()
+                    if op is None:
+                        return
+                try:
+                    self._attempt(op)
+                except BaseException:  # pragma: no cover - _attempt handles every failure
+                    logger.exception(LOG_WORKER_CRASHED)
+                    self._spool([op], "recorder error")
+        finally:
+            with self._cond:
+                self._threads -= 1
+                if self._ready and self._threads == 0:
+                    self._wake_locked()
+            self._start_threads()
+
+    def _attempt(self, op: Operation) -> None:
+        if op.state is not None:
+            return  # spooled by a flush that gave up waiting
+        if op.cancelled:
+            self._finish(op, "cancelled")
+            return
+        config = self._config
+        now = time.monotonic()
+        if not op.attempts:
+            op.first_attempt_at = now
+        op.attempts += 1
+        try:
+            self._transport.send(op, config.attempt_timeout)
+        except Exception as exc:
+            failure = self._transport.classify(exc)
+        else:
+            self._on_success()
+            self._finish(op, "sent")
+            return
+        if not failure.transient:
+            self._final_failure(op, failure)
+            return
+        with self._cond:
+            self._healthy = False
+        delay = self._delay(op.attempts, failure)
+        spent = time.monotonic() + delay - op.first_attempt_at
+        if spent > config.retry_for or (
+            config.max_attempts is not None and op.attempts >= config.max_attempts
+        ):
+            self._spool([op], f"{failure.reason} (after {op.attempts} attempts)")
+            return
+        if op.cancelled:
+            self._finish(op, "cancelled")
+            return
+        logger.debug(
+            LOG_RETRY, op.kind, session_ref(op.session_id), op.attempts, delay, failure.reason
+        )
+        with self._cond:
+            self._counts["retried"] += 1
+            heapq.heappush(self._timers, (time.monotonic() + delay, op.seq, op))
+            self._cond.notify()
+
+    def _delay(self, attempts: int, failure: Failure) -> float:
+        config = self._config
+        delay = min(float(config.backoff_max), config.backoff_base * 2.0 ** (attempts - 1))
+        delay = delay / 2 + random.uniform(0, delay / 2)
+        if failure.retry_after is not None:
+            delay = max(delay, min(failure.retry_after, config.retry_for))
+        return delay
+
+    def _on_success(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            if not self._healthy:
+                # Freeplay answers again: what waits on a timer goes now, and the spool drains.
+                self._healthy = True
+                self._timers = [(now, seq, op) for _, seq, op in self._timers]
+                heapq.heapify(self._timers)
+                self._cond.notify_all()
+                self._next_drain_check = 0.0
+            if self._draining or now < self._next_drain_check:
+                return
+            self._next_drain_check = now + DRAIN_CHECK_INTERVAL
+        self.start_drain()
+
+    def _final_failure(self, op: Operation, failure: Failure) -> None:
+        if failure.status in SPOOLED_STATUSES:
+            self._spool([op], failure.reason)
+            return
+        if not self._finish(op, "failed"):
+            return
+        with self._cond:
+            count = self._log_limited((op.kind, failure.status))
+        if count:
+            logger.error(
+                LOG_REJECTED,
+                count,
+                op.kind,
+                f"HTTP {failure.status}" if failure.status else "an error",
+                session_ref(op.session_id),
+                failure.reason,
+            )
+
+    def _finish(self, op: Operation, state: str) -> bool:
+        """Give `op` its final state, once, and release what follows it."""
+        if not self._claim(op, state):
+            return False
+        self._release(op)
+        return True
+
+    def _claim(self, op: Operation, state: str) -> bool:
+        with self._cond:
+            if op.state is not None:
+                return False
+            op.state = state
+            self._counts[state] += 1
+            return True
+
+    def _release(self, op: Operation) -> None:
+        """`op` is handled: forget it (a flush may return), release what follows it."""
+        spool_after: list[Operation] = []
+        with self._cond:
+            state = op.state
+            if op.seq:
+                self._forget_locked(op)
+            for dependent in op.dependents or ():
+                if state in ("spooled", "lost") and dependent.state is None:
+                    spool_after.append(dependent)  # keep the order: it goes after op
+                    continue
+                dependent.deps_left -= 1
+                if dependent.deps_left <= 0 and dependent.state is None:
+                    self._ready.append(dependent)
+                    self._wake_locked()
+            op.dependents = None
+            if self._flushers:
+                self._cond.notify_all()
+        self._start_threads()
+        if spool_after:
+            self._spool(spool_after, "the operation it follows was spooled")
+
+    def _forget_locked(self, op: Operation) -> None:
+        if self._live.pop(op.seq, None) is None:
+            return
+        self._bytes -= op.size
+        provides = op.provides
+        if provides is not None and self._by_key.get(provides) is op:
+            del self._by_key[provides]
+        session = self._by_session.get(op.session_id)
+        if session is not None:
+            session.discard(op)
+            if not session:
+                del self._by_session[op.session_id]
+
+    # -- sync --------------------------------------------------------------------------
+
+    def deliver(self, op: Operation) -> str | None:
+        """Send `op` now, in this thread; spool it if that fails. Never raises.
+
+        Never blocks past `sync_timeout` (plus the time to write the spool): each
+        attempt's limit is what is left of it.
+        """
+        if isinstance(op, DeleteSession):
+            self.cancel_session(op.session_id)
+        config = self._config
+        deadline = time.monotonic() + config.sync_timeout
+        failure: Failure | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0.001:
+                break
+            op.attempts += 1
+            try:
+                result = self._transport.send(op, min(config.attempt_timeout, remaining))
+            except Exception as exc:
+                failure = self._transport.classify(exc)
+            else:
+                self._finish(op, "sent")
+                self._on_success()
+                return result
+            if not failure.transient:
+                self._final_failure(op, failure)
+                return None
+            with self._cond:
+                self._healthy = False
+            delay = self._delay(op.attempts, failure)
+            if time.monotonic() + delay >= deadline or (
+                config.max_attempts is not None and op.attempts >= config.max_attempts
+            ):
+                break
+            self._count("retried")
+            time.sleep(delay)
+        reason = "sync_timeout spent" if failure is None else failure.reason
+        self._spool([op], f"{reason} (after {op.attempts} attempts)")
+        return None
+
+    # -- spool -------------------------------------------------------------------------
+
+    def _spool(self, ops: Iterable[Operation], reason: str) -> int:
+        """Write `ops` (those not yet handled) to the spool. Returns how many were written."""
+        path = self._config.spool_path
+        claimed: list[Operation] = []
+        for op in ops:
+            if op.cancelled:
+                self._finish(op, "cancelled")
+            elif self._claim(op, "spooled"):
+                claimed.append(op)
+        if not claimed:
+            return 0
+        try:
+            return self._write_spool(path, claimed, reason)
+        finally:
+            for op in claimed:  # only now: a flush waiting for them finds them written
+                self._release(op)
+
+    def _write_spool(self, path: str, claimed: list[Operation], reason: str) -> int:
+        try:
+            _spool.append_lines(
+                path, [_spool.spool_line(op, self.api_base, reason) for op in claimed]
+            )
+        except (OSError, TypeError, ValueError) as exc:
+            with self._cond:
+                for op in claimed:
+                    op.state = "lost"
+                self._counts["spooled"] -= len(claimed)
+                self._counts["lost"] += len(claimed)
+                count = self._log_limited("lost", len(claimed))
+            if count:
+                logger.error(LOG_SPOOL_FAILED, count, path, exc)
+            return 0
+        with self._cond:
+            count = self._log_limited("spooled", len(claimed))
+            self._next_drain_check = 0.0
+        if count:
+            logger.warning(LOG_SPOOLED, count, reason, path)
+        return len(claimed)
+
+    def start_drain(self) -> None:
+        """Drain the spool in a background thread (if there is one and none runs)."""
+        path = self._config.spool_path
+        if not (os.path.exists(path) or _has_leftovers(path)):
+            return
+        with self._cond:
+            if self._draining:
+                return
+            self._draining = True
+        threading.Thread(target=self._drain, name="freeplay-recorder-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        try:
+            result = _spool.drain(
+                self._config.spool_path,
+                self._drain_send,
+                api_base=self.api_base,
+                concurrency=max(1, self._config.max_concurrency // 2),
+            )
+        except Exception:
+            logger.exception("freeplay_integrations: draining the spool failed")
+            return
+        finally:
+            with self._cond:
+                self._draining = False
+        if result.sent or result.failed or result.unreadable:
+            self._count("drained", result.sent)
+            logger.info(
+                LOG_DRAINED,
+                self._config.spool_path,
+                result.sent,
+                result.failed,
+                result.kept,
+                result.unreadable,
+            )
+
+    def _drain_send(self, op: Operation) -> Outcome:
+        config = self._config
+        deadline = time.monotonic() + min(config.retry_for, 30.0)
+        while True:
+            try:
+                self._transport.send(op, config.attempt_timeout)
+            except Exception as exc:
+                failure = self._transport.classify(exc)
+            else:
+                return "sent"
+            if not failure.transient:
+                if failure.status in SPOOLED_STATUSES:
+                    return "retry"
+                with self._cond:
+                    count = self._log_limited((op.kind, failure.status))
+                if count:
+                    logger.error(
+                        LOG_REJECTED,
+                        count,
+                        op.kind,
+                        f"HTTP {failure.status}",
+                        session_ref(op.session_id),
+                        failure.reason,
+                    )
+                return "failed"
+            delay = min(1.0, self._delay(1, failure))
+            if time.monotonic() + delay > deadline:
+                with self._cond:
+                    self._healthy = False
+                return "retry"
+            time.sleep(delay)
+
+    # -- flush -------------------------------------------------------------------------
+
+    def _target(self) -> int:
+        with self._cond:
+            return self._seq
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is handled; spool what is left at `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._flush(self._target(), deadline)
+
+    def _reached(self, target: int) -> bool:
+        live = self._live
+        return not live or next(iter(live)) > target
+
+    def _flush(self, target: int, deadline: float | None) -> bool:
+        with self._cond:
+            self._flushers += 1
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done = self._cond.wait_for(lambda: self._reached(target), remaining)
+            finally:
+                self._flushers -= 1
+            if done:
+                return True
+            left = [op for seq, op in self._live.items() if seq <= target]
+        # What is in flight may still arrive: the spool replays it idempotently.
+        self._spool(left, "not delivered before the flush timeout")
+        return False
+
+    def _after_fork(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._ready = deque()
+        self._timers = []
+        self._live = {}
+        self._by_key = {}
+        self._by_session = {}
+        self._bytes = 0
+        self._threads = self._idle = self._flushers = self._to_start = 0
+        self._draining = False
+        self._counts = dict.fromkeys(self._counts, 0)
+
+
+def _has_leftovers(path: str) -> bool:
+    import glob
+
+    return bool(glob.glob(glob.escape(path) + ".draining-*"))
+
+
+# -- the registry: one recorder per client ---------------------------------------------
+
+_registry: weakref.WeakKeyDictionary[Any, Recorder] = weakref.WeakKeyDictionary()
+_recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
+_registry_lock = threading.Lock()
+_defaults: dict[str, Any] = {}
+_reported: set[str] = set()
+#: Called once when the first recorder is created (the process hooks install themselves).
+on_first_recorder: list[Any] = []
+
+
+def default_config() -> RecorderConfig:
+    options = dict(_defaults)
+    spool_path = (
+        options.pop("spool_path", None)
+        or os.environ.get(ENV_SPOOL_PATH)
+        or _spool.default_spool_path()
+    )
+    return RecorderConfig(spool_path=os.path.abspath(spool_path), **options).validate()
+
+
+def recorder_for(client: Freeplay) -> Recorder:
+    """The recorder of `client`, created on first use (with `configure_recording` defaults)."""
+    recorder = _registry.get(client)
+    if recorder is not None:
+        return recorder
+    with _registry_lock:
+        recorder = _registry.get(client)
+        if recorder is None:
+            for hook in on_first_recorder:
+                hook()
+            recorder = Recorder(client, default_config())
+            _registry[client] = recorder
+            _recorders.add(recorder)
+        else:
+            return recorder
+    _start_up(recorder)
+    return recorder
+
+
+def _start_up(recorder: Recorder) -> None:
+    """Report an unwritable spool (once per path), and drain what an earlier process left."""
+    path = recorder.config.spool_path
+    if path not in _reported:
+        _reported.add(path)
+        problem = _spool.check_spool(path)
+        if problem is not None:
+            logger.error(LOG_SPOOL_UNWRITABLE, path, problem)
+            return
+    recorder.start_drain()
+
+
+
+def configure_recording(
+    client: Freeplay | None = None,
+    *,
+    spool_path: str | os.PathLike[str] | None = None,
+    queue_size: int | None = None,
+    queue_bytes: int | None = None,
+    max_concurrency: int | None = None,
+    attempt_timeout: float | None = None,
+    retry_for: float | None = None,
+    max_attempts: int | None = None,
+    backoff_base: float | None = None,
+    backoff_max: float | None = None,
+    put_timeout: float | None = None,
+    sync_timeout: float | None = None,
+    shutdown_timeout: float | None = None,
+    idle_timeout: float | None = None,
+    via: object | None = None,
+    handle_sigterm: bool | None = None,
+    workers: int | None = None,
+) -> None:
+    """Tune how recordings are delivered. Settings left as None are unchanged.
+
+    With `client`, only that client's recorder changes; without, the process-wide
+    defaults change, for every recorder (existing ones included).
+
+    - `spool_path`: the spool file (default `$FREEPLAY_SPOOL_PATH`, else
+      `$XDG_STATE_HOME/freeplay-integrations/spool.jsonl`, `~/.local/state/...` without it).
+    - `queue_size` (10,000) and `queue_bytes` (64 MiB): what may wait in memory; past
+      either, new operations go to the spool. `put_timeout` (0 s): how long `record()`
+      may wait for room first.
+    - `max_concurrency` (64): the most requests in flight (and connections kept).
+      `workers=` is its deprecated name.
+    - `attempt_timeout` (10 s): time limit of one attempt, connecting included.
+    - `retry_for` (300 s): how long transient failures are retried before spooling;
+      `backoff_base` (0.5 s) and `backoff_max` (30 s) shape the waits (jittered; a
+      `Retry-After` is honoured). `max_attempts` (none) also caps the attempts.
+    - `sync_timeout` (15 s): in `recording="sync"` mode, the most time a call blocks.
+    - `shutdown_timeout` (5 s): how long process exit (and every shutdown hook) waits.
+    - `idle_timeout` (30 s): a sending thread idle this long exits.
+    - `via`: deliver through another route (a Celery app, or an object with
+      `submit(op) -> bool`); None delivers in-process.
+    - `handle_sigterm`: True installs the SIGTERM handler (see `install_sigterm_handler`).
+    """
+    if workers is not None:
+        warnings.warn(
+            "configure_recording(workers=...) is deprecated; use max_concurrency=...",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if max_concurrency is None:
+            max_concurrency = workers
+    if handle_sigterm:
+        from ._hooks import install_sigterm_handler
+
+        install_sigterm_handler()
+    changes: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("spool_path", None if spool_path is None else os.path.abspath(spool_path)),
+            ("queue_size", queue_size),
+            ("queue_bytes", queue_bytes),
+            ("max_concurrency", max_concurrency),
+            ("attempt_timeout", attempt_timeout),
+            ("retry_for", retry_for),
+            ("max_attempts", max_attempts),
+            ("backoff_base", backoff_base),
+            ("backoff_max", backoff_max),
+            ("put_timeout", put_timeout),
+            ("sync_timeout", sync_timeout),
+            ("shutdown_timeout", shutdown_timeout),
+            ("idle_timeout", idle_timeout),
+            ("via", via),
+        )
+        if value is not None
+    }
+    if client is not None:
+        recorder_for(client).configure(**changes)
+        return
+    with _registry_lock:
+        dataclasses.replace(default_config(), **changes).validate()
+        _defaults.update(changes)
+        recorders = list(_recorders)
+    for recorder in recorders:
+        recorder.configure(**changes)
+
+
+def recorder_stats(client: Freeplay | None = None) -> RecorderStats:
+    """Counters of `client`'s recorder, or the sum over every recorder of the process."""
+    if client is not None:
+        recorder = _registry.get(client)
+        return RecorderStats() if recorder is None else recorder.stats()
+    total = RecorderStats()
+    for recorder in list(_recorders):
+        total = total + recorder.stats()
+    return total
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until every background recording so far is delivered or finally failed.
+
+    With a `timeout` (seconds), what is still queued or in flight when it expires is
+    written to the spool. Returns True when nothing is left (nothing had to be spooled).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    recorders = list(_recorders)
+    targets = [(recorder, recorder._target()) for recorder in recorders]
+    complete = True
+    for recorder, target in targets:
+        complete = recorder._flush(target, deadline) and complete
+    return complete
+
+
+def shutdown_timeout() -> float:
+    """The one shutdown timeout: the largest configured over the process's recorders."""
+    recorders = list(_recorders)
+    if not recorders:
+        return default_config().shutdown_timeout
+    return max(recorder.config.shutdown_timeout for recorder in recorders)
+
+
+def after_fork_in_child() -> None:
+    global _registry_lock
+    _registry_lock = threading.Lock()
+    for recorder in list(_recorders):
+        recorder._after_fork()

@@ -802,6 +802,8 @@ class Recorder:
         self._counts = dict.fromkeys(("queued", "retried", "overflowed", *_TERMINAL), 0)
         self._overflow_log = _RateLimit(LOG_INTERVAL)
         self._spool_log = _RateLimit(LOG_INTERVAL)
+        #: issue-16 hook: an external route (`configure_recording(via=...)`), or None.
+        self._route: Any = None
         _install_timeout(self.api_base)
 
     def __repr__(self) -> str:
@@ -856,6 +858,11 @@ class Recorder:
 
         When the queue is full (after waiting up to `put_timeout`), `op` goes to the spool.
         """
+        # issue-16 hook: an external route (`via=`) takes `op` first; False means it could
+        # not (the broker is down), and `op` is delivered here, in-process, with the spool.
+        route = self._route
+        if route is not None and route.submit(op):
+            return
         lanes = self._lanes or self._start_lanes()
         lane = lanes[hash(op.session_id) % len(lanes)]
         config = self._config
@@ -1089,6 +1096,36 @@ _recorders: weakref.WeakSet[Recorder] = weakref.WeakSet()
 _registry_lock = threading.Lock()
 _defaults: dict[str, Any] = {}
 _hooks_installed = False
+#: issue-16 hook: the process-wide `configure_recording(via=...)`, or None.
+_default_via: Any = None
+
+
+def _route_for(via: Any, recorder: Recorder) -> Any:
+    """issue-16 hook: the route `via` names for `recorder` (None: in-process).
+
+    Something with `submit(op) -> bool` is the route itself; a Celery app gets a
+    `CeleryRoute` (imported only then); False goes back to in-process delivery.
+    """
+    if via is False:
+        return None
+    if callable(getattr(via, "submit", None)):
+        return via
+    if _is_celery(via):
+        from ._celery_route import CeleryRoute
+
+        return CeleryRoute(via, recorder)
+    raise _bad_via(via)
+
+
+def _is_celery(via: Any) -> bool:
+    return callable(getattr(via, "send_task", None)) and hasattr(via, "conf")
+
+
+def _bad_via(via: Any) -> ConfigurationError:
+    return ConfigurationError(
+        f"configure_recording(via=...) takes a Celery app, an object with submit(op), or "
+        f"False (deliver in-process), not {via!r}."
+    )
 
 
 def _default_config() -> RecorderConfig:
@@ -1109,6 +1146,8 @@ def recorder_for(client: Freeplay) -> Recorder:
         if recorder is None:
             _install_process_hooks()
             recorder = Recorder(client, _default_config())
+            if _default_via is not None:  # issue-16 hook
+                recorder._route = _route_for(_default_via, recorder)
             _registry[client] = recorder
             _recorders.add(recorder)
         return recorder
@@ -1128,6 +1167,7 @@ def configure_recording(
     sync_timeout: float | None = None,
     shutdown_timeout: float | None = None,
     idle_timeout: float | None = None,
+    via: Any = None,
 ) -> None:
     """Tune how recordings are delivered. Settings left as None are unchanged.
 
@@ -1146,7 +1186,13 @@ def configure_recording(
     - `sync_timeout` (15 s): in `recording="sync"` mode, the most time spent retrying.
     - `shutdown_timeout` (5 s): how long process exit waits for the queue.
     - `idle_timeout` (30 s): an idle worker thread exits; the next recording starts one.
+    - `via`: a Celery app: background recordings are published as tasks for a worker
+      (`freeplay_integrations.celery.register_delivery_task`); when its broker is
+      unreachable they are delivered in-process. False: back to in-process delivery.
     """
+    global _default_via
+    if not (via is None or via is False or _is_celery(via) or hasattr(via, "submit")):
+        raise _bad_via(via)  # issue-16 hook
     changes: dict[str, Any] = {
         name: value
         for name, value in (
@@ -1165,14 +1211,21 @@ def configure_recording(
         if value is not None
     }
     if client is not None:
-        recorder_for(client).configure(**changes)
+        recorder = recorder_for(client)
+        recorder.configure(**changes)
+        if via is not None:  # issue-16 hook
+            recorder._route = _route_for(via, recorder)
         return
     with _registry_lock:
         dataclasses.replace(_default_config(), **changes).validate()
         _defaults.update(changes)
         recorders = list(_recorders)
+        if via is not None:  # issue-16 hook
+            _default_via = None if via is False else via
     for recorder in recorders:
         recorder.configure(**changes)
+        if via is not None:  # issue-16 hook
+            recorder._route = _route_for(via, recorder)
 
 
 def recorder_stats(client: Freeplay | None = None) -> RecorderStats:

@@ -294,7 +294,6 @@ def _redis_for(app: Celery, queue: str, timeout: float) -> tuple[Any, str]:
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
-            retry_on_timeout=False,
             health_check_interval=0,
         )
         return client, str(options.get("global_keyprefix", "")) + queue

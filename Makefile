@@ -45,6 +45,7 @@ bench: $(STAMP)
 # Load, faults and SIGTERM in every adapter over real servers; rewrites RELIABILITY.md.
 reliability: $(STAMP)
 	$(BIN)/python bench/reliability.py
+	$(BIN)/python bench/reliability_celery.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts

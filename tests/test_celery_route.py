@@ -22,8 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-
-pytest.importorskip("redis")
 from celery import Celery
 
 from bench.celery_apps import RedisServer, Web, Worker, wait_until

@@ -197,7 +197,11 @@ class CeleryRoute:
             self.refused += 1
             return False
         try:
-            self._publish(_op_json(op), op.kind)
+            text = _op_json(op)
+        except (TypeError, ValueError):
+            return False  # not JSON: the in-process route handles (and reports) it
+        try:
+            self._publish(text, op.kind)
         except Exception as exc:
             with self._lock:
                 first = time.monotonic() >= self._down_until

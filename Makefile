@@ -79,6 +79,7 @@ reliability: $(DEV_STAMP)
 	$(BIN)/python bench/reliability.py
 	$(BIN)/python bench/delivery.py --outage $(RELIABILITY_OUTAGE) --outage-rate 30 \
 		--processes $(RELIABILITY_PROCESSES) --markdown RELIABILITY.md
+	$(BIN)/python bench/reliability_celery.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis test-artifacts dist build

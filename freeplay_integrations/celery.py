@@ -49,6 +49,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[celery]'"
     ) from exc
 
+# The delivery route (`configure_recording(via=app)`): its task, registered explicitly.
+from ._celery_route import DELIVERY_TASK, TransientDeliveryError, register_delivery_task
 from ._config import build_client, resolve_project_id, validate_option
 from ._context import (
     SessionBinding,
@@ -68,6 +70,7 @@ if TYPE_CHECKING:
     from freeplay.resources.sessions import TraceInfo
 
 __all__ = [
+    "DELIVERY_TASK",
     "DISPATCH_UID",
     "LOG_INVALID_HEADER",
     "METADATA_HEADER",
@@ -75,8 +78,10 @@ __all__ = [
     "SESSION_HEADER",
     "SHUTDOWN_FLUSH_TIMEOUT",
     "TRACE_HEADER",
+    "TransientDeliveryError",
     "disable_session_propagation",
     "enable_session_propagation",
+    "register_delivery_task",
 ]
 
 logger = logging.getLogger("freeplay_integrations")

@@ -264,13 +264,13 @@ class Recorder:
             _start_up(self)
 
     def _set_route(self, via: object | None) -> None:
-        if via is None:
+        if via is None or via is False:
             self._route = None
         elif callable(getattr(via, "submit", None)):
             self._route = via  # type: ignore[assignment]
         elif hasattr(via, "send_task") and hasattr(via, "conf"):
             try:
-                from .. import _celery_route  # type: ignore[attr-defined]
+                from .. import _celery_route
             except ImportError as exc:
                 raise ConfigurationError(
                     "configure_recording(via=<Celery app>): the Celery route is not "
@@ -865,7 +865,7 @@ def configure_recording(
     - `shutdown_timeout` (5 s): how long process exit (and every shutdown hook) waits.
     - `idle_timeout` (30 s): a sending thread idle this long exits.
     - `via`: deliver through another route (a Celery app, or an object with
-      `submit(op) -> bool`); None delivers in-process.
+      `submit(op) -> bool`); `False` goes back to in-process delivery (None: unchanged).
     - `handle_sigterm`: True installs the SIGTERM handler (see `install_sigterm_handler`).
     """
     if workers is not None:

@@ -1,0 +1,396 @@
+"""The Celery route: recordings travel to a Celery worker as JSON task messages.
+
+Opt in where the Celery app is created, in the web process and in the worker::
+
+    from celery import Celery
+    from freeplay_integrations import configure_recording
+    from freeplay_integrations.celery import register_delivery_task
+
+    app = Celery("proj", broker="redis://localhost:6379/0")
+    register_delivery_task(app)          # the worker: a task that delivers with the SDK
+    configure_recording(via=app)         # the web process: record() publishes that task
+
+Web side (`CeleryRoute.submit`, on the request path): the operation's own JSON form is the
+task's only argument, published with `serializer="json"`. On a Redis broker the message is
+written with one `LPUSH` (what kombu's Redis transport writes, without Celery's publish
+machinery), so `record()` returns once Redis holds it: a web process killed right after
+loses nothing it recorded. Other brokers go through `send_task(..., retry=False)`.
+When the broker cannot be reached within `publish_timeout`, `submit` returns False (the
+recorder then delivers in-process, with its spool) and the broker is not tried again for
+`retry_interval` seconds, so a dead broker costs one timeout, not one per recording.
+
+Worker side (`register_delivery_task`): `acks_late=True`, `reject_on_worker_lost=True`, so a
+worker killed mid-delivery leaves the message to be delivered again (at once when a pool
+process dies; after the broker's `visibility_timeout` when the whole worker dies).
+Transient failures (connection errors, timeouts, 408, 425, 429, 5xx) are retried by
+Celery's `autoretry_for` with `retry_backoff`; on the last allowed attempt, or on 401/403,
+the operation goes to the worker's spool. Any other 4xx is dropped with one log line.
+Completion and trace IDs are fixed when `record()` runs, so a redelivery never stores a
+second copy (provided the server deduplicates by ID, as the local Freeplay does).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+
+from ._config import build_client
+from ._errors import ConfigurationError
+
+# == adapter: every use of the recorder's internals is in this section ==================
+from ._recording import Operation, Recorder, SdkTransport, operation_from_json, recorder_for
+from ._recording._operations import session_ref
+from ._recording._scheduler import SPOOLED_STATUSES
+
+
+def _op_json(op: Operation) -> str:
+    """`op` as the JSON text of a mapping that includes its `kind`."""
+    return json.dumps(op.to_json())
+
+
+def _op_from_json(data: Mapping[str, Any]) -> Operation:
+    """The operation `_op_json` wrote; ValueError if it is not one."""
+    return operation_from_json(data)
+
+
+class _Transport:
+    """Sends one operation once, through the SDK, within the recorder's attempt limit, and
+    spools what the worker gives up on."""
+
+    def __init__(self, client: Any) -> None:
+        self._recorder = recorder_for(client)
+        self._sdk: SdkTransport = self._recorder.transport
+        self.classify = self._sdk.classify
+
+    def send(self, op: Operation) -> str | None:
+        return self._sdk.send(op, self._recorder.config.attempt_timeout)
+
+    def spool(self, op: Operation, reason: str) -> bool:
+        return self._recorder._spool([op], reason) == 1
+
+
+# == end of the adapter ==================================================================
+
+if TYPE_CHECKING:
+    from celery import Task
+    from freeplay import Freeplay
+
+__all__ = [
+    "DELIVERY_TASK",
+    "LOG_BROKER_DOWN",
+    "LOG_DROPPED",
+    "LOG_SPOOLED",
+    "LOG_UNREADABLE",
+    "CeleryRoute",
+    "TransientDeliveryError",
+    "register_delivery_task",
+    "short_ref",
+]
+
+logger = logging.getLogger("freeplay_integrations.celery")
+
+#: Name of the delivery task.
+DELIVERY_TASK = "freeplay_integrations.deliver"
+
+# Log messages (tests look for them). Sessions appear as a short reference, never in full.
+LOG_BROKER_DOWN = (
+    "freeplay_integrations: the Celery broker is unreachable (%s); recording in-process, "
+    "with the spool, for the next %.0f s"
+)
+LOG_DROPPED = "freeplay_integrations: Freeplay rejected a %s for session %s; dropped: %s"
+LOG_SPOOLED = "freeplay_integrations: a %s for session %s went to the worker's spool: %s"
+LOG_UNREADABLE = "freeplay_integrations: task %s does not carry an operation; dropped: %s"
+
+#: Defaults of `register_delivery_task`: retries, and the longest wait between two.
+DEFAULT_MAX_RETRIES = 12
+DEFAULT_RETRY_BACKOFF_MAX = 300
+#: Defaults of `CeleryRoute`: the time limit of a publish (connect included), and how long
+#: the broker is left alone after it failed.
+DEFAULT_PUBLISH_TIMEOUT = 0.1
+DEFAULT_RETRY_INTERVAL = 5.0
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss"})
+_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
+
+
+#: What logs show of a session (the recorder's short, non-reversible reference).
+short_ref = session_ref
+
+
+class TransientDeliveryError(Exception):
+    """A delivery that may succeed later: the delivery task's `autoretry_for`."""
+
+
+# -- web side -------------------------------------------------------------------------
+
+
+class CeleryRoute:
+    """`configure_recording(via=app)`: publish each operation as a `DELIVERY_TASK` message.
+
+    `submit(op)` returns True once the broker holds the message, False (nothing raised)
+    when it cannot be reached: the recorder then delivers `op` in-process.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        recorder: Recorder | None = None,
+        *,
+        queue: str | None = None,
+        publish_timeout: float = DEFAULT_PUBLISH_TIMEOUT,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+    ) -> None:
+        if not isinstance(app, Celery):
+            raise TypeError(f"CeleryRoute() takes a Celery app, not {app!r}.")
+        timeouts = (("publish_timeout", publish_timeout), ("retry_interval", retry_interval))
+        for name, value in timeouts:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigurationError(
+                    f"CeleryRoute({name}=...) must be a number of seconds > 0, not {value!r}."
+                )
+        self._app = app
+        self._publish_timeout = float(publish_timeout)
+        self._retry_interval = float(retry_interval)
+        self._queue = queue or _queue_of(app)
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self.published = 0
+        self.refused = 0
+        self._origin = f"{os.getpid()}@{socket.gethostname()}"
+        self._redis, self._key = _redis_for(app, self._queue, self._publish_timeout)
+        self._publish: Callable[[str, str], None] = (
+            self._lpush if self._redis is not None else self._send_task
+        )
+
+    def __repr__(self) -> str:
+        return f"<CeleryRoute queue={self._queue!r} published={self.published}>"
+
+    def submit(self, op: Operation) -> bool:
+        """Publish `op`; False when the broker is unreachable (or was, a moment ago)."""
+        if self._down_until and time.monotonic() < self._down_until:
+            self.refused += 1
+            return False
+        try:
+            text = _op_json(op)
+        except (TypeError, ValueError):
+            return False  # not JSON: the in-process route handles (and reports) it
+        try:
+            self._publish(text, op.kind)
+        except Exception as exc:
+            with self._lock:
+                first = time.monotonic() >= self._down_until
+                self._down_until = time.monotonic() + self._retry_interval
+                self.refused += 1
+            if first:
+                logger.warning(LOG_BROKER_DOWN, _error_text(exc), self._retry_interval)
+            return False
+        self._down_until = 0.0
+        self.published += 1
+        return True
+
+    def _lpush(self, op_json: str, kind: str) -> None:
+        """Write the message as kombu's Redis transport does (`_put`): one LPUSH."""
+        task_id = str(uuid.uuid4())
+        body = f"[[{op_json}], {{}}, {_EMBED}]".encode()
+        message = {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": {
+                "lang": "py",
+                "task": DELIVERY_TASK,
+                "id": task_id,
+                "shadow": None,
+                "eta": None,
+                "expires": None,
+                "group": None,
+                "group_index": None,
+                "retries": 0,
+                "timelimit": [None, None],
+                "root_id": task_id,
+                "parent_id": None,
+                "argsrepr": f"({kind!r},)",
+                "kwargsrepr": "{}",
+                "origin": self._origin,
+                "ignore_result": True,
+                "replaced_task_nesting": 0,
+                "stamped_headers": None,
+                "stamps": {},
+            },
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": self._queue},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        assert self._redis is not None
+        self._redis.lpush(self._key, json.dumps(message))
+
+    def _send_task(self, op_json: str, kind: str) -> None:
+        """Other brokers: Celery's own publish, without its retries."""
+        self._app.send_task(
+            DELIVERY_TASK,
+            args=(json.loads(op_json),),
+            queue=self._queue,
+            serializer="json",
+            retry=False,
+            ignore_result=True,
+            argsrepr=f"({kind!r},)",
+        )
+
+
+def _queue_of(app: Celery) -> str:
+    route = app.amqp.router.route({}, DELIVERY_TASK, (), {})
+    queue = route.get("queue")
+    name = getattr(queue, "name", queue)
+    return str(name or app.conf.task_default_queue)
+
+
+def _redis_for(app: Celery, queue: str, timeout: float) -> tuple[Any, str]:
+    """A redis-py client for `app`'s Redis broker, with bounded timeouts and no retries."""
+    connection = app.connection_for_write()
+    try:
+        if connection.transport.driver_type not in _REDIS_SCHEMES:
+            return None, queue
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        options = dict(app.conf.broker_transport_options or {})
+        virtual_host = str(connection.virtual_host or "0").strip("/") or "0"
+        client = redis.Redis(
+            host=connection.hostname or "localhost",
+            port=connection.port or 6379,
+            db=int(virtual_host) if virtual_host.isdigit() else 0,
+            username=connection.userid or None,
+            password=connection.password or None,
+            ssl=connection.transport.driver_type == "rediss" or bool(connection.ssl),
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        return client, str(options.get("global_keyprefix", "")) + queue
+    finally:
+        connection.release()
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+# -- worker side ----------------------------------------------------------------------
+
+_UNSAFE_CONTENT = frozenset({"pickle", "application/x-python-serialize", "yaml"})
+
+
+def register_delivery_task(
+    app: Celery,
+    *,
+    client: Freeplay | None = None,
+    api_key: str | None = None,
+    api_base: str | None = None,
+    max_retries: int = DEFAULT_MAX_RETRIES,
+    retry_backoff_max: int = DEFAULT_RETRY_BACKOFF_MAX,
+) -> Task:
+    """Register `DELIVERY_TASK` on `app`: the worker's half of `configure_recording(via=app)`.
+
+    The worker delivers with `client`, or one built from `api_key`/`api_base` or
+    `FREEPLAY_API_KEY`/`FREEPLAY_API_BASE`. An app that accepts pickle is refused: the
+    route's messages are JSON, and a worker should not unpickle what claims to be one.
+    Returns the task. Registering twice replaces the first registration.
+    """
+    if not isinstance(app, Celery):
+        raise TypeError(f"register_delivery_task() takes a Celery app, not {app!r}.")
+    accepted = {str(c).lower() for c in app.conf.accept_content or ()}
+    unsafe = sorted(accepted & _UNSAFE_CONTENT)
+    if unsafe:
+        raise ConfigurationError(
+            f"register_delivery_task(): the app accepts {', '.join(unsafe)} content "
+            "(accept_content); recordings travel as JSON only. Set "
+            "app.conf.accept_content = ['json'] for the worker that delivers them."
+        )
+    for name, value in (("max_retries", max_retries), ("retry_backoff_max", retry_backoff_max)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"register_delivery_task({name}=...) must be an int >= 1, not {value!r}."
+            )
+    fp = build_client(
+        client=client,
+        api_key=api_key,
+        api_base=api_base,
+        name=lambda o: f"`register_delivery_task({o}=...)`",
+    )
+    deliverer = _Deliverer(fp)
+
+    def deliver(task: Task, data: Any) -> str:
+        return deliverer(task, data)
+
+    deliver.__name__ = deliver.__qualname__ = "deliver"
+    task: Task = app.task(
+        name=DELIVERY_TASK,
+        bind=True,
+        serializer="json",
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(TransientDeliveryError,),
+        retry_backoff=True,
+        retry_backoff_max=retry_backoff_max,
+        retry_jitter=True,
+        max_retries=max_retries,
+        ignore_result=True,
+    )(deliver)
+    return task
+
+
+class _Deliverer:
+    """The delivery task's body; the transport is made at the first delivery (in the pool
+    process, after the fork), not at registration."""
+
+    def __init__(self, client: Freeplay) -> None:
+        self._client = client
+        self._transport: _Transport | None = None
+
+    def __call__(self, task: Task, data: Any) -> str:
+        try:
+            if not isinstance(data, Mapping):
+                raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+            op = _op_from_json(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.error(LOG_UNREADABLE, task.request.id, _error_text(exc))
+            return "unreadable"
+        transport = self._transport
+        if transport is None:
+            transport = self._transport = _Transport(self._client)
+        try:
+            transport.send(op)
+        except Exception as exc:
+            failure = transport.classify(exc)
+            ref = short_ref(op.session_id)
+            reason = failure.reason.replace(op.session_id, ref)
+            if failure.transient:
+                retries = int(task.request.retries or 0)
+                if task.max_retries is None or retries < task.max_retries:
+                    raise TransientDeliveryError(f"{op.kind} for session {ref}: {reason}") from None
+                reason = f"{reason} (after {retries + 1} attempts)"
+            elif failure.status not in SPOOLED_STATUSES:
+                logger.error(LOG_DROPPED, op.kind, ref, reason)
+                return "rejected"
+            transport.spool(op, reason)
+            logger.error(LOG_SPOOLED, op.kind, ref, reason)
+            return "spooled"
+        return "sent"

@@ -1,0 +1,294 @@
+"""The Celery route (`configure_recording(via=app)`), with real parts only.
+
+`redis-server` on a free loopback port, a real `celery worker` process with the prefork
+pool (`bench/celery_apps.py`), the local Freeplay in this process (the worker reaches it
+over HTTP), and, for the SIGKILL test, a waitress web process.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from celery import Celery
+
+from bench.celery_apps import RedisServer, Web, Worker, wait_until
+from freeplay_integrations import (
+    configure_recording,
+    record,
+    record_feedback,
+    session_scope,
+    trace_scope,
+    update_session_metadata,
+)
+from freeplay_integrations._celery_route import (
+    DELIVERY_TASK,
+    LOG_BROKER_DOWN,
+    CeleryRoute,
+    short_ref,
+)
+from freeplay_integrations._errors import ConfigurationError
+from freeplay_integrations._recording import recorder_for
+from freeplay_integrations.celery import register_delivery_task
+from freeplay_integrations.local import LocalFreeplay
+
+if shutil.which("redis-server") is None:  # pragma: no cover - .ci/run installs it
+    pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
+
+PROJECT = "celery-route-project"
+MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("celery-route")
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def local() -> Iterator[LocalFreeplay]:
+    with LocalFreeplay() as server:
+        yield server
+
+
+@pytest.fixture
+def freeplay(local: LocalFreeplay) -> LocalFreeplay:
+    local.reset()
+    return local
+
+
+@pytest.fixture(scope="module")
+def worker(local: LocalFreeplay, redis_server: RedisServer, workdir: Path) -> Iterator[Worker]:
+    with Worker(local.env(), redis_server.url, workdir, concurrency=2) as running:
+        yield running
+
+
+@pytest.fixture
+def app(redis_server: RedisServer) -> Celery:
+    return Celery("web", broker=redis_server.url)
+
+
+def _routed_client(freeplay: LocalFreeplay, via: Any) -> Any:
+    client = freeplay.client()
+    configure_recording(client, via=via)
+    return client
+
+
+def _record_some(client: Any, n: int) -> tuple[str, list[str]]:
+    with session_scope(client, project_id=PROJECT) as session:
+        ids = [str(record(all_messages=MESSAGES, inputs={"i": i}).completion_id) for i in range(n)]
+    return session.session_id, ids
+
+
+def _stored_ids(freeplay: LocalFreeplay) -> list[str]:
+    return [c["id"] for c in freeplay.completions()]
+
+
+# -- through a real worker ---------------------------------------------------------------
+
+
+def test_every_kind_of_operation_is_delivered_by_the_worker(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    client = _routed_client(freeplay, app)
+    with session_scope(client, project_id=PROJECT) as session:
+        with trace_scope("turn") as trace:
+            completion = record(all_messages=MESSAGES)
+        record_feedback({"thumbs": "up"}, completion_id=completion.completion_id)
+        update_session_metadata({"plan": "pro"})
+    freeplay.wait_for(
+        lambda: freeplay.completions(session.session_id)
+        and freeplay.traces(session.session_id)
+        and freeplay.feedback(str(completion.completion_id)).get("thumbs") == "up"
+        and freeplay.session(session.session_id)["custom_metadata"].get("plan") == "pro",
+        timeout=30,
+    )
+    (stored,) = freeplay.completions(session.session_id)
+    assert stored["id"] == str(completion.completion_id)
+    assert stored["parent_id"] == str(trace.trace_id)
+    # Nothing went through the test process's own sending threads.
+    assert recorder_for(client).stats().queued == 0
+    assert "'sent'" in worker.log()
+
+
+def test_messages_are_json_tasks_for_the_delivery_task(
+    freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(app, queue="inspected-only")  # no worker consumes this queue
+    client = _routed_client(freeplay, route)
+    session_id, (completion_id,) = _record_some(client, 1)
+    (raw,) = redis_server.client().lrange("inspected-only", 0, -1)
+    message = json.loads(raw)
+    assert message["content-type"] == "application/json"
+    assert message["headers"]["task"] == DELIVERY_TASK
+    assert session_id not in json.dumps(message["headers"])  # argsrepr names the kind only
+    args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+    assert kwargs == {}
+    (op,) = args
+    assert op["kind"] == "completion"
+    assert op["session_id"] == session_id
+    assert op["data"]["completion_id"] == completion_id
+    assert route.published == 1
+
+
+def test_a_pickled_message_is_refused_by_the_worker(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    client = freeplay.client()
+    with session_scope(client, project_id=PROJECT) as session:
+        op = {"kind": "delete_session", "project_id": PROJECT, "session_id": session.session_id}
+        op["data"] = {}
+    app.send_task(DELIVERY_TASK, args=(op,), serializer="pickle")
+    wait_until(lambda: "untrusted content of type pickle" in worker.log(), 30, "refusal logged")
+    assert freeplay.session(session.session_id) is None  # the delete never ran
+
+
+def test_register_delivery_task_refuses_an_app_that_accepts_pickle(freeplay: LocalFreeplay) -> None:
+    app = Celery("unsafe")
+    app.conf.accept_content = ["json", "pickle"]
+    with pytest.raises(ConfigurationError, match="accept_content"):
+        register_delivery_task(app, client=freeplay.client())
+    app.conf.accept_content = ["json"]
+    task = register_delivery_task(app, client=freeplay.client())
+    assert task.name == DELIVERY_TASK
+    assert task.acks_late and task.reject_on_worker_lost
+    assert task.serializer == "json"
+
+
+def test_transient_failures_are_retried_by_celery(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    client = _routed_client(freeplay, app)
+    freeplay.faults.fail_next(2, status=503)
+    _, ids = _record_some(client, 1)
+    freeplay.wait_for(lambda: _stored_ids(freeplay) == ids, timeout=30)
+    assert "Retry in" in worker.log()
+
+
+def test_a_final_4xx_is_dropped_with_one_log_line(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    client = _routed_client(freeplay, app)
+    freeplay.faults.fail_next(1, status=422)
+    session_id, _ = _record_some(client, 2)
+    freeplay.wait_for(lambda: len(freeplay.requests_received()) >= 2, timeout=30)
+    wait_until(lambda: "dropped:" in worker.log(), 10, "drop logged")
+    time.sleep(0.5)
+    lines = [line for line in worker.log().splitlines() if short_ref(session_id) in line]
+    assert sum("Freeplay rejected a completion" in line for line in lines) == 1
+    assert session_id not in worker.log()
+    assert len(_stored_ids(freeplay)) == 1
+
+
+def test_a_pool_process_killed_mid_delivery_loses_nothing(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    client = _routed_client(freeplay, app)
+    freeplay.faults.hang(3.0)
+    _, ids = _record_some(client, 2)
+    wait_until(lambda: worker.log().count("received") >= 2, 20, "tasks received")
+    time.sleep(0.3)  # both pool processes are now inside the SDK's HTTP call
+    for pid in worker.pool():
+        os.kill(pid, signal.SIGKILL)
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=40)
+    assert "WorkerLostError" in worker.log()
+    time.sleep(1.0)
+    assert len(_stored_ids(freeplay)) == len(ids)  # stored once each, however often sent
+
+
+# -- the request path when the broker is unreachable --------------------------------------
+
+
+def test_an_unreachable_broker_falls_back_to_in_process_delivery(
+    freeplay: LocalFreeplay, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    route = CeleryRoute(Celery("down", broker=f"redis://127.0.0.1:{port}/0"))
+    client = _routed_client(freeplay, route)
+    with caplog.at_level(logging.WARNING, logger="freeplay_integrations.celery"):
+        _, ids = _record_some(client, 3)
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=20)
+    assert route.published == 0 and route.refused == 3
+    assert recorder_for(client).stats().queued == 3
+    broker_down = LOG_BROKER_DOWN.split("(")[0]
+    assert sum(broker_down in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_hung_broker_costs_the_request_one_publish_timeout(freeplay: LocalFreeplay) -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        route = CeleryRoute(
+            Celery("hung", broker=f"redis://127.0.0.1:{port}/0"), publish_timeout=0.2
+        )
+        client = _routed_client(freeplay, route)
+        started = time.monotonic()
+        _, ids = _record_some(client, 5)
+        elapsed = time.monotonic() - started
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=20)
+    assert route.refused == 5
+    assert elapsed < 2.0, elapsed  # one 0.2 s timeout, then the broker is left alone
+
+
+def test_configure_recording_via_checks_its_value(freeplay: LocalFreeplay) -> None:
+    with pytest.raises(ConfigurationError, match="via="):
+        configure_recording(freeplay.client(), via="redis://nowhere")
+    client = freeplay.client()
+    configure_recording(client, via=Celery("x", broker="redis://127.0.0.1:1/0"))
+    configure_recording(client, via=False)
+    _, ids = _record_some(client, 1)
+    freeplay.wait_for(lambda: _stored_ids(freeplay) == ids, timeout=20)
+
+
+# -- a web process SIGKILLed mid-run ------------------------------------------------------
+
+
+def _load(url: str, stop: threading.Event, per_request: int) -> None:
+    with httpx.Client(timeout=10) as http:
+        while not stop.is_set():
+            try:
+                http.get(f"{url}/record", params={"n": per_request})
+            except httpx.HTTPError:
+                return  # the process is gone
+
+
+def test_a_web_process_sigkilled_mid_run_loses_nothing_it_accepted(
+    freeplay: LocalFreeplay, worker: Worker, redis_server: RedisServer, workdir: Path
+) -> None:
+    with Web(freeplay.env(), redis_server.url, workdir, via="celery") as web:
+        stop = threading.Event()
+        threads = [threading.Thread(target=_load, args=(web.url, stop, 10)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until(lambda: len(web.accepted()) >= 300, 60, "300 recordings accepted")
+            web.kill()
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(15)
+        accepted = web.accepted()
+    assert len(accepted) >= 300
+    freeplay.wait_for(lambda: set(accepted) <= set(_stored_ids(freeplay)), timeout=60)
+    stored = _stored_ids(freeplay)
+    assert len(stored) == len(set(stored))

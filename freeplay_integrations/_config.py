@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._errors import ConfigurationError
 from ._ids import Signer
+from ._validation import check_project_id
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -269,6 +270,10 @@ def _project_id(options: Mapping[str, Any], env: Mapping[str, str], name: Option
             f"{name('project_id')} {project_id!r} is not a project ID: it may not contain "
             "'/' or spaces."
         )
+    try:
+        check_project_id(project_id, name("project_id"))
+    except ValueError as error:
+        raise ConfigurationError(str(error)) from None
     return project_id.strip()
 
 

@@ -15,6 +15,7 @@ from ._config import Settings
 from ._context import SessionBinding
 from ._ids import parse_session_id
 from ._recording import prepare_recorder
+from ._validation import sanitize_metadata
 
 __all__ = [
     "INVALID_ID_REASON",
@@ -200,7 +201,7 @@ class SessionResolver:
                 type(metadata).__name__,
             )
             return None
-        return dict(metadata)
+        return sanitize_metadata(metadata)
 
     def cookie(self, binding: SessionBinding, secure: bool) -> str:
         """The `Set-Cookie` value for the response: the session's token, or an expiry."""

@@ -16,6 +16,7 @@ from django.test import Client
 
 from freeplay_integrations import current_session
 from freeplay_integrations.django.checks import CHECK_IDS
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 
 if TYPE_CHECKING:
     from pytest_django.fixtures import Settings as SettingsWrapper
@@ -77,7 +78,7 @@ def test_the_environment_supplies_the_key_base_and_project(
     assert ids() == ["freeplay_integrations.E001", "freeplay_integrations.E002"]
     monkeypatch.setenv("FREEPLAY_API_KEY", "k")
     monkeypatch.setenv("FREEPLAY_API_BASE", "http://127.0.0.1:9/api")
-    monkeypatch.setenv("FREEPLAY_PROJECT_ID", "p")
+    monkeypatch.setenv("FREEPLAY_PROJECT_ID", PROJECT_ID)
     assert ids() == []
 
 

@@ -45,6 +45,7 @@ from freeplay_integrations import (
 )
 from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from freeplay_integrations.local import LocalFreeplay
 
 HEADER = "x-freeplay-session-id"
@@ -238,14 +239,14 @@ def test_attach_session_returns_a_bound_copy(client: Freeplay, server: LocalFree
 
 def test_attach_session_keeps_an_explicit_parent(client: Freeplay, server: LocalFreeplay) -> None:
     parent = uuid.uuid4()
-    payload = RecordPayload(project_id="p", all_messages=chat("x"), parent_id=parent)
+    payload = RecordPayload(project_id=PROJECT_ID, all_messages=chat("x"), parent_id=parent)
     with scope(client, server), trace_scope("q"):
         assert attach_session(payload).parent_id == parent
 
 
 def test_attach_session_outside_a_session_raises() -> None:
     with pytest.raises(NoActiveSessionError):
-        attach_session(RecordPayload(project_id="p", all_messages=chat("x")))
+        attach_session(RecordPayload(project_id=PROJECT_ID, all_messages=chat("x")))
 
 
 # -- trace_scope ------------------------------------------------------------------------

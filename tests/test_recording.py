@@ -426,7 +426,7 @@ import freeplay_integrations as fi
 
 client = Freeplay(freeplay_api_key={key!r}, api_base={base!r})
 fi.configure_recording(client, spool_path={spool!r}, shutdown_timeout={shutdown})
-with fi.session_scope(client, project_id="p") as session:
+with fi.session_scope(client, project_id=PROJECT_ID) as session:
     for n in range(5):
         fi.record(all_messages=[{{"role": "user", "content": str(n)}}])
 print(session.session_id)

@@ -210,7 +210,7 @@ HANDLERS = """
         return []
 
     def build():
-        FreeplaySessionMiddleware(app, client=client, project_id="p")
+        FreeplaySessionMiddleware(app, client=client, project_id=PROJECT_ID)
 
     def mine(signum, frame):
         pass
@@ -264,7 +264,7 @@ SCRIPT = """
 
     client = Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2])
     configure_recording(shutdown_timeout=1.0)
-    with session_scope(client, project_id="p"):
+    with session_scope(client, project_id=PROJECT_ID):
         for n in range(20):
             record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})
     print("QUEUED", flush=True)

@@ -8,6 +8,7 @@ answer back. Nothing here knows an endpoint.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import socket
@@ -76,6 +77,24 @@ class RequestLog:
             self._duplicates = 0
 
 
+def loopback_host(host: str) -> bool:
+    """`localhost`, `*.localhost`, or a loopback IP address (127.0.0.0/8, ::1)."""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The host part of a `Host` header value, lower case, without port or brackets."""
+    value = header.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
 class LocalHTTPServer(ThreadingHTTPServer):
     """A `ThreadingHTTPServer` that knows its API, faults, request log and connections."""
 
@@ -83,9 +102,16 @@ class LocalHTTPServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(
-        self, address: tuple[str, int], *, api: Api, faults: Faults, log: RequestLog
+        self,
+        address: tuple[str, int],
+        *,
+        api: Api,
+        faults: Faults,
+        log: RequestLog,
+        allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.api = api
+        self.allowed_hosts = allowed_hosts
         self.faults = faults
         self.log = log
         self._connections: set[socket.socket] = set()
@@ -196,6 +222,17 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         body = self._read_body()
         if body is None:
+            return
+        host = host_name(self.headers.get("Host", ""))
+        if not (loopback_host(host) or host in self.server.allowed_hosts):
+            # DNS rebinding: a page on another name must not read or write this server.
+            self._send_json(
+                400,
+                {
+                    "message": f"Host {host[:100]!r} is not served: only loopback names, or"
+                    " the names given with allowed_hosts / --allowed-host."
+                },
+            )
             return
         try:
             if path == API_PREFIX or path.startswith(API_PREFIX + "/"):

@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from .._validation import (
+    check_eval_results,
+    check_feedback,
+    check_iso_time,
+    check_messages,
+    check_metadata,
+    check_trace_kind,
+    is_uuid,
+    is_uuid4,
+)
 from ._store import Store
 
 __all__ = [
@@ -32,14 +42,6 @@ __all__ = [
 
 #: Path prefix of the Freeplay API; the SDK's `api_base` is the server URL plus this.
 API_PREFIX = "/api"
-
-_UUID4 = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-    re.ASCII | re.IGNORECASE,
-)
-_UUID_ANY = re.compile(
-    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII | re.IGNORECASE
-)
 
 
 class ApiError(Exception):
@@ -97,6 +99,8 @@ class Api:
 
     store: Store
     api_key: str
+    #: Project ID (lower case) -> name; any other project answers 404 "Project not found".
+    projects: Mapping[str, str] = field(default_factory=dict)
     routes: Router = field(default_factory=lambda: ROUTES)
 
     def answer(self, request: ApiRequest) -> Answer:
@@ -171,11 +175,19 @@ class Router:
         return None
 
 
-# -- value checks ----------------------------------------------------------------------
+# -- value checks (the rules live in freeplay_integrations._validation) -------------------
+
+
+def _rule(check: Callable[..., Any], *args: Any) -> Any:
+    """Run a `_validation` check; its `ValueError` becomes a 400 with the same message."""
+    try:
+        return check(*args)
+    except ValueError as error:
+        raise ApiError(400, str(error)) from None
 
 
 def _uuid4(value: str, what: str) -> str:
-    if _UUID4.fullmatch(value) is None:
+    if not is_uuid4(value):
         raise ApiError(400, f"Invalid {what} {value[:64]!r}: it must be a UUID v4.")
     return value.lower()
 
@@ -184,9 +196,9 @@ def _optional_uuid(body: Mapping[str, Any], key: str) -> str | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or _UUID_ANY.fullmatch(value) is None:
+    if not is_uuid(value):
         raise ApiError(400, f"Invalid {key} {str(value)[:64]!r}: it must be a UUID.")
-    return value.lower()
+    return str(value).lower()
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -197,87 +209,162 @@ def _object(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _optional(body: Mapping[str, Any], key: str, check: Callable[..., Any]) -> None:
+    if body.get(key) is not None:
+        _rule(check, body[key], key)
+
+
+def _project(api: Api, project_id: str) -> str:
+    if project_id.lower() not in api.projects:
+        raise ApiError(404, "Project not found")
+    return project_id.lower()
+
+
+def _epoch(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ApiError(400, f"{where} = {value!r}: it must be a number (seconds since the epoch).")
+
+
 # -- routes ----------------------------------------------------------------------------
 
 
 def record_completion(api: Api, request: ApiRequest) -> Answer:
-    project_id, session = request.args
+    project, session = request.args
     body = request.json()
+    project_id = _project(api, project)
     session_id = _uuid4(session, "session ID")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise ApiError(400, "Invalid completion: 'messages' must be a non-empty list.")
+    _rule(check_messages, body.get("messages"))
+    session_info = _object(body.get("session_info"), "session_info")
+    _optional(session_info, "custom_metadata", check_metadata)
+    _optional(body, "custom_metadata", check_metadata)
+    _optional(body, "eval_results", check_eval_results)
+    call_info = _object(body.get("call_info"), "call_info")
+    _epoch(call_info.get("start_time"), "call_info.start_time")
+    _epoch(call_info.get("end_time"), "call_info.end_time")
+    prompt_info = _object(body.get("prompt_info"), "prompt_info")
+    if prompt_info and not isinstance(prompt_info.get("prompt_template_version_id"), str):
+        raise ApiError(400, "prompt_info.prompt_template_version_id must be a string.")
     _optional_uuid(body, "parent_id")
-    completion_id = _optional_uuid(body, "completion_id") or str(uuid.uuid4())
+    given = body.get("completion_id")
+    completion_id = str(uuid.uuid4()) if given is None else _uuid4(str(given), "completion_id")
     stored = api.store.record_completion(project_id, session_id, completion_id, body)
     return Answer(201, {"completion_id": completion_id}, duplicate=not stored)
 
 
 def update_completion(api: Api, request: ApiRequest) -> Answer:
-    _, completion = request.args
+    project, completion = request.args
     body = request.json()
+    project_id = _project(api, project)
     completion_id = _uuid4(completion, "completion ID")
-    if not api.store.update_completion(completion_id, body):
+    if body.get("new_messages") is not None:
+        _rule(check_messages, body["new_messages"], "new_messages")
+    _optional(body, "eval_results", check_eval_results)
+    if not api.store.has_completion(project_id, completion_id):
         raise ApiError(404, f"Completion {completion_id} not found.")
+    api.store.update_completion(completion_id, body)
     return Answer(200, {"completion_id": completion_id})
 
 
 def record_trace(api: Api, request: ApiRequest) -> Answer:
-    project_id, session, trace = request.args
+    project, session, trace = request.args
     body = request.json()
+    project_id = _project(api, project)
     session_id = _uuid4(session, "session ID")
     trace_id = _uuid4(trace, "trace ID")
+    for key in ("input", "output"):
+        if key not in body:
+            raise ApiError(400, f"Invalid trace: '{key}' is required.")
+    if body["input"] is None:
+        raise ApiError(400, "Invalid trace: 'input' may not be null.")
     _optional_uuid(body, "parent_id")
+    _optional(body, "custom_metadata", check_metadata)
+    _optional(body, "eval_results", check_eval_results)
+    _rule(check_trace_kind, body.get("kind"))
+    _rule(check_iso_time, body.get("start_time"), "start_time")
+    _rule(check_iso_time, body.get("end_time"), "end_time")
     stored = api.store.record_trace(project_id, session_id, trace_id, body)
     return Answer(201, None, duplicate=not stored)
 
 
+def _known_trace(api: Api, project_id: str, session_id: str | None, trace_id: str) -> None:
+    if not api.store.has_trace(project_id, trace_id, session_id):
+        raise ApiError(404, f"Trace {trace_id} not found.")
+
+
 def update_trace(api: Api, request: ApiRequest) -> Answer:
-    project_id, session, trace = request.args
+    project, session, trace = request.args
     body = request.json()
+    project_id = _project(api, project)
     session_id = _uuid4(session, "session ID")
     trace_id = _uuid4(trace, "trace ID")
-    _object(body.get("metadata"), "metadata")
-    _object(body.get("feedback"), "feedback")
+    _optional(body, "metadata", check_metadata)
+    _optional(body, "feedback", check_feedback)
+    _optional(body, "eval_results", check_eval_results)
+    _known_trace(api, project_id, session_id, trace_id)
     api.store.update_trace(project_id, session_id, trace_id, body)
     return Answer(200, {})
 
 
 def delete_session(api: Api, request: ApiRequest) -> Answer:
-    project_id, session = request.args
+    project, session = request.args
     request.json()
+    project_id = _project(api, project)
     api.store.delete_session(project_id, _uuid4(session, "session ID"))
     return Answer(201, {})
 
 
 def completion_feedback(api: Api, request: ApiRequest) -> Answer:
-    project_id, completion = request.args
+    project, completion = request.args
     body = request.json()
+    project_id = _project(api, project)
     completion_id = _uuid4(completion, "completion ID")
+    _rule(check_feedback, body)
+    if not api.store.has_completion(project_id, completion_id):
+        raise ApiError(404, f"Completion {completion_id} not found.")
     api.store.add_feedback("completion", project_id, completion_id, body)
     return Answer(201, {})
 
 
 def trace_feedback(api: Api, request: ApiRequest) -> Answer:
-    project_id, trace = request.args
+    project, trace = request.args
     body = request.json()
-    api.store.add_feedback("trace", project_id, _uuid4(trace, "trace ID"), body)
+    project_id = _project(api, project)
+    trace_id = _uuid4(trace, "trace ID")
+    _rule(check_feedback, body)
+    _known_trace(api, project_id, None, trace_id)
+    api.store.add_feedback("trace", project_id, trace_id, body)
     return Answer(201, {})
 
 
 def session_metadata(api: Api, request: ApiRequest) -> Answer:
-    project_id, session = request.args
+    project, session = request.args
     body = request.json()
-    api.store.merge_session_metadata(project_id, _uuid4(session, "session ID"), body)
+    project_id = _project(api, project)
+    session_id = _uuid4(session, "session ID")
+    _rule(check_metadata, body)
+    if not api.store.has_session(project_id, session_id):
+        raise ApiError(404, f"Session {session_id} not found.")
+    api.store.merge_session_metadata(project_id, session_id, body)
     return Answer(200, {})
 
 
 def trace_metadata(api: Api, request: ApiRequest) -> Answer:
-    project_id, session, trace = request.args
+    project, session, trace = request.args
     body = request.json()
+    project_id = _project(api, project)
     session_id = _uuid4(session, "session ID")
     trace_id = _uuid4(trace, "trace ID")
+    _rule(check_metadata, body)
+    _known_trace(api, project_id, session_id, trace_id)
     api.store.merge_trace_metadata(project_id, session_id, trace_id, body)
     return Answer(200, {})
+
+
+def list_projects(api: Api, request: ApiRequest) -> Answer:
+    projects = [{"id": pid, "name": name} for pid, name in api.projects.items()]
+    return Answer(200, {"projects": projects})
 
 
 # -- the route table: the one place to register an endpoint -----------------------------
@@ -286,6 +373,7 @@ _P = "/v2/projects/([^/]+)"
 _SEG = "([^/]+)"
 
 ROUTES: Router = Router(
+    Route("GET", "/v2/projects/all", list_projects),
     Route("POST", f"{_P}/sessions/{_SEG}/completions", record_completion),
     Route("POST", f"{_P}/completions/{_SEG}", update_completion),
     Route("PATCH", f"{_P}/sessions/id/{_SEG}/metadata", session_metadata),

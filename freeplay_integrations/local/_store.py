@@ -239,19 +239,26 @@ class Store:
     def record_trace(
         self, project_id: str, session_id: str, trace_id: str, body: Mapping[str, Any]
     ) -> bool:
-        """Store a trace; False (and nothing changed) when it was already recorded."""
+        """Store a trace, or replace it; False when it was already recorded."""
         now = time.time()
         with self._tx() as db:
             row = self._trace_row(db, project_id, session_id, trace_id, now)
-            if row["recorded"]:
-                return False
+            again = bool(row["recorded"])
+            if again:
+                # Create or update: a second POST replaces what the first one recorded.
+                db.execute(
+                    "UPDATE traces SET output = NULL, custom_metadata = '{}',"
+                    " eval_results = '{}' WHERE id = ?",
+                    (trace_id,),
+                )
+                row = self._trace_row(db, project_id, session_id, trace_id, now)
             self._touch_session(db, project_id, session_id, now)
             # Metadata and eval results PATCHed before the trace arrived win over the record.
             metadata = _as_dict(body.get("custom_metadata"))
             metadata.update(_as_dict(_loads(row["custom_metadata"])))
             evals = _as_dict(body.get("eval_results"))
             evals.update(_as_dict(_loads(row["eval_results"])))
-            output = row["output"] if row["output"] is not None else _dumps(body.get("output"))
+            output = _dumps(body.get("output"))
             db.execute(
                 "UPDATE traces SET session_id = ?, project_id = ?, parent_id = ?, input = ?,"
                 " output = ?, name = ?, agent_name = ?, kind = ?, custom_metadata = ?,"
@@ -275,7 +282,7 @@ class Store:
                     trace_id,
                 ),
             )
-        return True
+        return not again
 
     def update_trace(
         self, project_id: str, session_id: str, trace_id: str, body: Mapping[str, Any]
@@ -372,6 +379,29 @@ class Store:
                 db.execute(f"DELETE FROM {table}")
 
     # -- reads -------------------------------------------------------------------------
+
+    def has_session(self, project_id: str, session_id: str) -> bool:
+        """The session has something recorded in this project and is not deleted."""
+        rows = self._query(
+            "SELECT 1 FROM sessions WHERE id = ? AND project_id = ? AND deleted_at IS NULL",
+            (session_id, project_id),
+        )
+        return bool(rows)
+
+    def has_completion(self, project_id: str, completion_id: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM completions WHERE id = ? AND project_id = ?", (completion_id, project_id)
+        )
+        return bool(rows)
+
+    def has_trace(self, project_id: str, trace_id: str, session_id: str | None = None) -> bool:
+        """The trace was recorded (POSTed) in this project (and session, if given)."""
+        sql = "SELECT 1 FROM traces WHERE id = ? AND project_id = ? AND recorded"
+        params: tuple[Any, ...] = (trace_id, project_id)
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params += (session_id,)
+        return bool(self._query(sql, params))
 
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -131,7 +131,7 @@ def build_app(
     ]
     app = Starlette(routes=routes)
     options.setdefault("client", client)
-    options.setdefault("project_id", "project")
+    options.setdefault("project_id", PROJECT_ID)
     if wrap:
         return FreeplaySessionMiddleware(app, **options)
     app.add_middleware(FreeplaySessionMiddleware, **options)

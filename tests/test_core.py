@@ -122,12 +122,12 @@ def test_settings_build_a_client_from_the_environment() -> None:
         environ={
             "FREEPLAY_API_KEY": "k",
             "FREEPLAY_API_BASE": "http://127.0.0.1:9/api/",
-            "FREEPLAY_PROJECT_ID": "proj",
+            "FREEPLAY_PROJECT_ID": "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b",
         },
     )
     assert isinstance(s.client, Freeplay)
     assert s.client.api_base == "http://127.0.0.1:9/api"
-    assert s.project_id == "proj"
+    assert s.project_id == "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
 
 
 @pytest.mark.parametrize(

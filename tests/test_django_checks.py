@@ -27,7 +27,10 @@ SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
 COMMON = "django.middleware.common.CommonMiddleware"
 AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
 CORS = "corsheaders.middleware.CorsMiddleware"
-VALID = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api", "PROJECT_ID": "p"}
+VALID = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api", "PROJECT_ID": PROJECT_ID}
+
+
+PROJECT_ID = "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +67,7 @@ def test_every_id_is_documented() -> None:
 
 
 def test_e001_no_api_key_and_no_client(settings: SettingsWrapper) -> None:
-    settings.FREEPLAY = {"PROJECT_ID": "p"}
+    settings.FREEPLAY = {"PROJECT_ID": PROJECT_ID}
     message = only("freeplay_integrations.E001")
     assert 'FREEPLAY["API_KEY"]' in message.msg
     assert "FREEPLAY_API_KEY" in message.hint  # type: ignore[operator]
@@ -83,7 +86,7 @@ def test_the_environment_supplies_the_key_base_and_project(
 
 
 def test_e001_client_that_does_not_import(settings: SettingsWrapper) -> None:
-    settings.FREEPLAY = {"PROJECT_ID": "p", "CLIENT": "myproject.nowhere.client"}
+    settings.FREEPLAY = {"PROJECT_ID": PROJECT_ID, "CLIENT": "myproject.nowhere.client"}
     message = only("freeplay_integrations.E001")
     assert "'myproject.nowhere.client' could not be imported" in message.msg
 

@@ -119,18 +119,19 @@ def test_record_keeps_a_given_completion_id_and_project(
     client: Freeplay, server: LocalFreeplay
 ) -> None:
     completion_id = uuid.uuid4()
+    other = server.add_project("07e40000-0000-4000-8000-0000000007e4")
     with scope(client, server):
         response = record(
             all_messages=chat("a"),
             completion_id=completion_id,
-            project_id="other-project",
+            project_id=other,
             call_info=CallInfo(provider="openai", model="gpt-x", start_time=1.0, end_time=2.0),
         )
     assert response.completion_id == str(completion_id)
     flushed(client)
     stored = server.completion(str(completion_id))
     assert stored is not None
-    assert stored["project_id"] == "other-project"
+    assert stored["project_id"] == other
     assert stored["model"] == "gpt-x"
 
 

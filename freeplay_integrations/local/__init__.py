@@ -34,6 +34,7 @@ from ._faults import Faults
 from ._http import LocalHTTPServer, ReceivedRequest, RequestLog
 from ._routes import API_PREFIX, Api
 from ._store import MEMORY, Store
+from ._templates import TemplateFolder
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -82,6 +83,7 @@ class LocalFreeplay:
         project_id: str = DEFAULT_PROJECT_ID,
         projects: Iterable[str] = (),
         allowed_hosts: Iterable[str] = (),
+        templates: str | os.PathLike[str] | None = None,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("LocalFreeplay needs a non-empty api_key")
@@ -89,6 +91,7 @@ class LocalFreeplay:
         known = [project_id] + [check_project_id(p, "LocalFreeplay projects") for p in projects]
         self._projects = {pid: "Local project" if pid == project_id else "Project" for pid in known}
         self._allowed_hosts = frozenset(host.strip().lower() for host in allowed_hosts)
+        self._templates = None if templates is None else TemplateFolder(templates)
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -113,7 +116,7 @@ class LocalFreeplay:
                 return self
             server = LocalHTTPServer(
                 (self._host, self._port),
-                api=Api(self._store, self._api_key, self._projects),
+                api=Api(self._store, self._api_key, self._projects, self._templates),
                 faults=self._faults,
                 log=self._log,
                 allowed_hosts=self._allowed_hosts,
@@ -343,6 +346,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a Host name served besides loopback ones (repeatable), e.g. for --host 0.0.0.0",
     )
+    parser.add_argument(
+        "--templates",
+        default=None,
+        metavar="FOLDER",
+        help="serve prompt templates from FOLDER (holding freeplay/prompts/<project>/<env>/"
+        "<name>.json, the SDK's FilesystemTemplateResolver format)",
+    )
     return parser
 
 
@@ -362,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             project_id=project_id,
             projects=args.project,
             allowed_hosts=args.allowed_host,
+            templates=args.templates,
         ).start()
     except ValueError as exc:
         print(f"Cannot start the local Freeplay server: {exc}")

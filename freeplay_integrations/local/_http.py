@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from . import _page
 from ._faults import Faults
@@ -267,7 +267,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.log.add(method, path, action.status)
             self._send_json(action.status, {"message": message}, headers)
             return
-        request = ApiRequest(method, path, raw, _headers(self.headers))
+        query = {k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()}
+        request = ApiRequest(method, path, raw, _headers(self.headers), query=query)
         answer = self.server.api.answer(request)
         if answer.duplicate:
             self.server.log.count_duplicate()

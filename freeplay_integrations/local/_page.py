@@ -230,6 +230,7 @@ def _completion_node(completion: Mapping[str, Any]) -> str:
         f'<span class="model">{model}</span>{_duration(start, end)}'
         f'<code class="muted">{cid}</code>'
         f'<span class="when muted">{_time(completion["received_at"])}</span></div>'
+        f"{_section('Prompt template', _prompt(completion['prompt_info']))}"
         f"{_section('Messages', _messages(completion['messages']))}"
         f"{_section('Inputs', _block(inputs) if inputs else '')}"
         f"{_section('Eval results', _chips(completion['eval_results']))}"
@@ -237,6 +238,18 @@ def _completion_node(completion: Mapping[str, Any]) -> str:
         f"{_raw('completion', completion['id'], completion['payload'])}"
         "</div></li>"
     )
+
+
+def _prompt(prompt_info: Any) -> str:
+    """Template name, version and environment of a completion recorded from a template."""
+    if not isinstance(prompt_info, Mapping):
+        return ""
+    shown = {
+        "name": prompt_info.get("template_name") or "(not in this server's templates)",
+        "version": prompt_info.get("prompt_template_version_id"),
+        "environment": prompt_info.get("environment"),
+    }
+    return f'<div class="prompt-info">{_chips(shown)}</div>'
 
 
 def _feedback(feedback: Mapping[str, Any]) -> str:

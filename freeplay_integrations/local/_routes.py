@@ -9,6 +9,7 @@ parsing and error bodies (`{"message": ...}`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import uuid
@@ -28,6 +29,7 @@ from .._validation import (
     is_uuid4,
 )
 from ._store import Store
+from ._templates import TemplateFolder
 
 __all__ = [
     "API_PREFIX",
@@ -81,6 +83,8 @@ class ApiRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     #: The route pattern's groups, URL-decoded.
     args: tuple[str, ...] = ()
+    #: Query string parameters (the last value of each).
+    query: Mapping[str, str] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         """The body as a JSON object (`{}` when empty); `ApiError(400)` otherwise."""
@@ -101,6 +105,8 @@ class Api:
     api_key: str
     #: Project ID (lower case) -> name; any other project answers 404 "Project not found".
     projects: Mapping[str, str] = field(default_factory=dict)
+    #: Prompt templates served by the prompt-template endpoints (None: none, 404).
+    templates: TemplateFolder | None = None
     routes: Router = field(default_factory=lambda: ROUTES)
 
     def answer(self, request: ApiRequest) -> Answer:
@@ -131,7 +137,7 @@ class Api:
 
 
 def _with_args(request: ApiRequest, args: tuple[str, ...]) -> ApiRequest:
-    return ApiRequest(request.method, request.path, request.body, request.headers, args)
+    return dataclasses.replace(request, args=args)
 
 
 Handler = Callable[[Api, ApiRequest], Answer]
@@ -249,7 +255,13 @@ def record_completion(api: Api, request: ApiRequest) -> Answer:
     _optional_uuid(body, "parent_id")
     given = body.get("completion_id")
     completion_id = str(uuid.uuid4()) if given is None else _uuid4(str(given), "completion_id")
-    stored = api.store.record_completion(project_id, session_id, completion_id, body)
+    template_name = None
+    if prompt_info and api.templates is not None:
+        version = prompt_info["prompt_template_version_id"]
+        template_name = api.templates.name_of_version(project_id, version)
+    stored = api.store.record_completion(
+        project_id, session_id, completion_id, body, template_name=template_name
+    )
     return Answer(201, {"completion_id": completion_id}, duplicate=not stored)
 
 
@@ -362,6 +374,44 @@ def trace_metadata(api: Api, request: ApiRequest) -> Answer:
     return Answer(200, {})
 
 
+def _folder(api: Api) -> TemplateFolder:
+    if api.templates is None:
+        raise ApiError(
+            404,
+            "Prompt template not found: this local Freeplay serves no templates (start it with"
+            " --templates FOLDER, or LocalFreeplay(templates=FOLDER)).",
+        )
+    return api.templates
+
+
+def prompt_by_name(api: Api, request: ApiRequest) -> Answer:
+    project, name = request.args
+    project_id = _project(api, project)
+    environment = request.query.get("environment") or "latest"
+    found = _folder(api).by_name(project_id, name, environment)
+    if found is None:
+        raise ApiError(
+            404, f"Prompt template {name!r} not found in environment {environment!r}."
+        )
+    return Answer(200, found)
+
+
+def prompts_of_environment(api: Api, request: ApiRequest) -> Answer:
+    project, environment = request.args
+    project_id = _project(api, project)
+    found = _folder(api).all(project_id, environment)
+    return Answer(200, {"prompt_templates": found or []})
+
+
+def prompt_by_version(api: Api, request: ApiRequest) -> Answer:
+    project, template_id, version_id = request.args
+    project_id = _project(api, project)
+    found = _folder(api).by_version(project_id, template_id, version_id)
+    if found is None:
+        raise ApiError(404, f"Prompt template version {version_id} not found.")
+    return Answer(200, found)
+
+
 def list_projects(api: Api, request: ApiRequest) -> Answer:
     projects = [{"id": pid, "name": name} for pid, name in api.projects.items()]
     return Answer(200, {"projects": projects})
@@ -374,6 +424,9 @@ _SEG = "([^/]+)"
 
 ROUTES: Router = Router(
     Route("GET", "/v2/projects/all", list_projects),
+    Route("GET", f"{_P}/prompt-templates/name/{_SEG}", prompt_by_name),
+    Route("GET", f"{_P}/prompt-templates/all/{_SEG}", prompts_of_environment),
+    Route("GET", f"{_P}/prompt-templates/id/{_SEG}/versions/{_SEG}", prompt_by_version),
     Route("POST", f"{_P}/sessions/{_SEG}/completions", record_completion),
     Route("POST", f"{_P}/completions/{_SEG}", update_completion),
     Route("PATCH", f"{_P}/sessions/id/{_SEG}/metadata", session_metadata),

@@ -160,10 +160,22 @@ class Store:
         )
 
     def record_completion(
-        self, project_id: str, session_id: str, completion_id: str, body: Mapping[str, Any]
+        self,
+        project_id: str,
+        session_id: str,
+        completion_id: str,
+        body: Mapping[str, Any],
+        *,
+        template_name: str | None = None,
     ) -> bool:
-        """Store a completion; False (and nothing changed) when its ID is already stored."""
+        """Store a completion; False (and nothing changed) when its ID is already stored.
+
+        `template_name` (looked up from `prompt_info`) is kept in the stored `prompt_info`.
+        """
         now = time.time()
+        prompt_info = body.get("prompt_info")
+        if isinstance(prompt_info, Mapping) and template_name is not None:
+            prompt_info = {**prompt_info, "template_name": template_name}
         call_info = body.get("call_info")
         call = _as_dict(call_info)
         metadata = _as_dict(_as_dict(body.get("session_info")).get("custom_metadata"))
@@ -189,7 +201,7 @@ class Store:
                     _as_float(call.get("start_time")),
                     _as_float(call.get("end_time")),
                     _dumps(call_info),
-                    _dumps(body.get("prompt_info")),
+                    _dumps(prompt_info),
                     _dumps(_as_dict(body.get("eval_results"))),
                     _dumps(dict(body)),
                     now,

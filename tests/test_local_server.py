@@ -366,7 +366,7 @@ def test_bad_requests(server: LocalFreeplay) -> None:
     bad_completion_id = api(
         server, "POST", session_path, json={"messages": MESSAGES, "completion_id": "x"}
     )
-    unknown = api(server, "POST", "/prompt-templates/all/prod")
+    unknown = api(server, "POST", "/datasets/id/x/test-cases/all")
     wrong_method = api(server, "GET", session_path)
 
     assert invalid_json.status_code == 400

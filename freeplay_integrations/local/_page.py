@@ -158,15 +158,19 @@ def sessions_fragment(sessions: Sequence[Mapping[str, Any]], api_base: str = "")
         )
         return "".join(parts)
     parts.append(
-        '<table id="sessions"><thead><tr><th>Session</th><th>Metadata</th>'
+        '<table id="sessions"><thead><tr><th>Conversation</th><th>Metadata</th>'
         '<th class="num">Completions</th><th class="num">Traces</th><th>Last activity</th>'
         "</tr></thead><tbody>"
     )
     for session in sessions:
         sid = _e(session["id"])
+        first = session.get("first_user_message")
+        title = _e(_shorten(first)) if first else '<span class="muted">(no user message)</span>'
         parts.append(
             f'<tr data-session-id="{sid}">'
-            f'<td><a class="session-link" href="/sessions/{sid}"><code>{sid}</code></a></td>'
+            f'<td class="conversation"><a class="session-link" href="/sessions/{sid}">'
+            f'<span class="first-message">{title}</span></a>'
+            f'<code class="session-id muted">{sid}</code></td>'
             f'<td class="metadata">{_chips(session["custom_metadata"])}</td>'
             f'<td class="num completion-count">{_e(session["completion_count"])}</td>'
             f'<td class="num trace-count">{_e(session["trace_count"])}</td>'
@@ -174,6 +178,11 @@ def sessions_fragment(sessions: Sequence[Mapping[str, Any]], api_base: str = "")
         )
     parts.append("</tbody></table>")
     return "".join(parts)
+
+
+def _shorten(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def index_page(sessions: Sequence[Mapping[str, Any]], api_base: str = "") -> str:

@@ -100,6 +100,24 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: the text ones
+        parts = [b.get("text") for b in content if isinstance(b, Mapping)]
+        text = " ".join(p for p in parts if isinstance(p, str))
+        return text or None
+    return None
+
+
+def _first_user_message(messages: Any) -> str | None:
+    """The text of the first user message of a session's first completion."""
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return _text(message.get("content"))
+    return None
+
+
 class Store:
     """Everything the server received. Every method is safe to call from any thread.
 
@@ -423,7 +441,9 @@ class Store:
         "SELECT s.*,"
         " (SELECT COUNT(*) FROM completions c WHERE c.session_id = s.id) AS completion_count,"
         " (SELECT COUNT(*) FROM traces t WHERE t.session_id = s.id AND t.recorded)"
-        " AS trace_count FROM sessions s"
+        " AS trace_count,"
+        " (SELECT c.messages FROM completions c WHERE c.session_id = s.id ORDER BY c.seq"
+        " LIMIT 1) AS first_messages FROM sessions s"
     )
 
     @staticmethod
@@ -437,6 +457,7 @@ class Store:
             "deleted": row["deleted_at"] is not None,
             "completion_count": row["completion_count"],
             "trace_count": row["trace_count"],
+            "first_user_message": _first_user_message(_loads(row["first_messages"])),
         }
 
     def sessions(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:

@@ -30,6 +30,7 @@ __all__ = [
     "check_trace_kind",
     "is_uuid",
     "is_uuid4",
+    "project_id_error",
     "sanitize_metadata",
 ]
 
@@ -138,15 +139,20 @@ def check_trace_kind(kind: object) -> None:
         raise ValueError(f"kind = {_short(kind)}: it must be one of {', '.join(TRACE_KINDS)}.")
 
 
+def project_id_error(project_id: object, where: str = "project_id") -> str:
+    """Why `project_id` is not a Freeplay project ID, and where to find the right one."""
+    return (
+        f"{where} {_short(project_id)} is not a Freeplay project ID: it is a UUID like "
+        "'3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f', shown in the Freeplay app on the "
+        "project's settings page (and in its URL: /projects/<project ID>/...)."
+    )
+
+
 def check_project_id(project_id: object, where: str = "project_id") -> str:
-    """A Freeplay project ID: a UUID. The error says where to find it."""
+    """A Freeplay project ID: a UUID (returned in lower case). The error says where to find it."""
     text = project_id.strip() if isinstance(project_id, str) else project_id
     if not is_uuid(text):
-        raise ValueError(
-            f"{where} {_short(project_id)} is not a Freeplay project ID: it is a UUID like "
-            "'3f1c2d4e-5a6b-4c7d-8e9f-0a1b2c3d4e5f', shown in the Freeplay app on the "
-            "project's settings page (and in its URL: /projects/<project ID>/...)."
-        )
+        raise ValueError(project_id_error(project_id, where))
     assert isinstance(text, str)
     return text.lower()
 

@@ -145,9 +145,25 @@ def test_one_sessions_recordings_arrive_in_order_despite_retries(
 
 
 def operation(kind: str, server: LocalFreeplay, session_id: str) -> Operation:
-    """One operation of each kind, as the helpers build them."""
+    """One operation of each kind, as the helpers build them.
+
+    What an update is for (its completion, trace or session) is recorded first, as the
+    API answers 404 for updates of unknown objects.
+    """
     project = server.project_id
     trace_id = str(uuid.uuid4())
+    completion_id = str(uuid.uuid4())
+    if kind in (COMPLETION_FEEDBACK, SESSION_METADATA):
+        server.client().recordings.create(
+            RecordPayload(
+                project_id=project,
+                all_messages=chat("target"),
+                session_info=SessionInfo(session_id, None),
+                completion_id=uuid.UUID(completion_id),
+            )
+        )
+    elif kind in (TRACE_FEEDBACK, TRACE_METADATA):
+        server.client().call_support.record_trace(project, session_id, trace_id, "in", "out")
     data: Any
     if kind == COMPLETION:
         data = RecordPayload(
@@ -159,7 +175,7 @@ def operation(kind: str, server: LocalFreeplay, session_id: str) -> Operation:
     elif kind == TRACE:
         data = {"trace_id": trace_id, "input": "in", "output": "out"}
     elif kind == COMPLETION_FEEDBACK:
-        data = {"completion_id": str(uuid.uuid4()), "feedback": {"rating": 1}}
+        data = {"completion_id": completion_id, "feedback": {"rating": 1}}
     elif kind == TRACE_FEEDBACK:
         data = {"trace_id": trace_id, "feedback": {"ok": True}}
     elif kind in (SESSION_METADATA, TRACE_METADATA):
@@ -185,16 +201,17 @@ KINDS = [
 def test_transient_failures_are_retried_for_every_kind(
     client: Freeplay, server: LocalFreeplay, kind: str, fault: str
 ) -> None:
+    op = operation(kind, server, str(uuid.uuid4()))
+    before = len(statuses(server))
     if fault == "reset":
         server.faults.reset_next(2)
     else:
         server.faults.fail_next(2, status=int(fault))
-    op = operation(kind, server, str(uuid.uuid4()))
     recorder_for(client).submit(op)
     assert recorder_for(client).flush(5)
     assert op.state == "sent"
     assert statuses(server)[-1] in (200, 201)
-    assert len(statuses(server)) == 3
+    assert len(statuses(server)) - before == 3
     assert recorder_stats(client).retried == 2
 
 
@@ -206,12 +223,13 @@ def test_a_4xx_is_not_retried_and_is_logged_once(
     kind: str,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    server.faults.fail_next(1, status=400)
     op = operation(kind, server, str(uuid.uuid4()))
+    before = len(statuses(server))
+    server.faults.fail_next(1, status=400)
     with caplog.at_level(logging.ERROR, logger="freeplay_integrations.recording"):
         recorder_for(client).submit(op)
         assert recorder_for(client).flush(5)
-    assert statuses(server) == [400]
+    assert statuses(server)[before:] == [400]
     assert op.state == "failed"
     stats = recorder_stats(client)
     assert (stats.failed, stats.retried, stats.spooled) == (1, 0, 0)
@@ -426,7 +444,7 @@ import freeplay_integrations as fi
 
 client = Freeplay(freeplay_api_key={key!r}, api_base={base!r})
 fi.configure_recording(client, spool_path={spool!r}, shutdown_timeout={shutdown})
-with fi.session_scope(client, project_id=PROJECT_ID) as session:
+with fi.session_scope(client, project_id={project!r}) as session:
     for n in range(5):
         fi.record(all_messages=[{{"role": "user", "content": str(n)}}])
 print(session.session_id)
@@ -437,7 +455,11 @@ def run_script(
     server: LocalFreeplay, spool: Path, shutdown: float
 ) -> subprocess.CompletedProcess[str]:
     script = EXIT_SCRIPT.format(
-        key=server.api_key, base=server.api_base, spool=str(spool), shutdown=shutdown
+        key=server.api_key,
+        base=server.api_base,
+        spool=str(spool),
+        shutdown=shutdown,
+        project=server.project_id,
     )
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],

@@ -189,14 +189,16 @@ def _stand_in(options: dict[str, Any], option: str) -> bool:
         options["client"] = _PlaceholderClient()
         return True
     if option == "project_id":
-        if options.get("project_id") == "placeholder":
+        if options.get("project_id") == _PLACEHOLDER_PROJECT:
             return False
-        options["project_id"] = "placeholder"
+        options["project_id"] = _PLACEHOLDER_PROJECT
         return True
     return options.pop(option, _MISSING) is not _MISSING
 
 
 _MISSING: Final = object()
+#: Stands in for a failed project ID (project IDs are UUIDs).
+_PLACEHOLDER_PROJECT: Final = "00000000-0000-4000-8000-000000000000"
 
 
 def _error(message: str, check_id: str) -> Error:

@@ -103,7 +103,7 @@ def test_completion_with_prompt_info_shows_the_template_on_the_page(
 ) -> None:
     client = server.client()
     formatted = client.prompts.get_formatted(
-        server.project_id, "greeter", "latest", {"name": "Ada", "question": "Hi?"}
+        server.project_id, "greeter", "latest", {"name": "Ada", "question": "Hi?"}, history=[]
     )
     session = client.sessions.create()
     client.recordings.create(

@@ -33,6 +33,9 @@ async def endpoint(request: Request) -> PlainTextResponse:
     return PlainTextResponse("ok")
 
 
+PROJECT_ID = "be4c0000-0000-4000-8000-00000000be4c"
+
+
 def bare() -> Any:
     return Starlette(routes=[Route("/", endpoint)])
 
@@ -40,7 +43,7 @@ def bare() -> Any:
 def ours() -> Any:
     client = Freeplay(freeplay_api_key="bench", api_base="http://127.0.0.1:9/api")
     app = bare()
-    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id="bench")
+    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id=PROJECT_ID)
     return app
 
 

@@ -36,7 +36,11 @@ settings.configure(
     ROOT_URLCONF=__name__,
     INSTALLED_APPS=["django_guid", "freeplay_integrations.django"],
     MIDDLEWARE=[],
-    FREEPLAY={"API_KEY": "bench", "API_BASE": "http://127.0.0.1:9/api", "PROJECT_ID": "bench"},
+    FREEPLAY={
+        "API_KEY": "bench",
+        "API_BASE": "http://127.0.0.1:9/api",
+        "PROJECT_ID": "be4c0000-0000-4000-8000-00000000be4c",
+    },
     LOGGING_CONFIG=None,
 )
 django.setup()

@@ -28,6 +28,9 @@ WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 STREAM_CHUNKS = 10
 
 
+PROJECT_ID = "be4c0000-0000-4000-8000-00000000be4c"
+
+
 def client() -> Freeplay:
     return Freeplay(freeplay_api_key="bench", api_base="http://127.0.0.1:9/api")
 
@@ -48,7 +51,7 @@ def bare_flask() -> Flask:
 
 def flask_with_sessions() -> Flask:
     app = bare_flask()
-    FreeplaySessions(app, client=client(), project_id="bench")
+    FreeplaySessions(app, client=client(), project_id=PROJECT_ID)
     return app
 
 
@@ -58,7 +61,7 @@ def bare_wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> li
 
 
 def wsgi_with_sessions() -> WSGIApp:
-    return FreeplaySessionMiddleware(bare_wsgi, client=client(), project_id="bench")
+    return FreeplaySessionMiddleware(bare_wsgi, client=client(), project_id=PROJECT_ID)
 
 
 def environ(path: str, headers: dict[str, str]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from freeplay_integrations import (
 )
 
 API_KEY = "bench-key"
-PROJECT = "bench-project"
+PROJECT = "be4c0000-0000-4000-8000-00000000be4c"
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},
@@ -62,6 +62,8 @@ def local_server() -> Iterator[str]:
             ":memory:",
             "--api-key",
             API_KEY,
+            "--project-id",
+            PROJECT,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -31,13 +31,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from freeplay_integrations.local import DEFAULT_PROJECT_ID
+
 __all__ = ["APPS", "ROOT", "app_command", "main"]
 
 #: The repository root: the children run there, so `example_apps` is importable.
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ("fastapi", "flask", "django")
 LOCAL_API_KEY = "freeplay-local-key"
-LOCAL_PROJECT_ID = "local-project"
+LOCAL_PROJECT_ID = DEFAULT_PROJECT_ID
+#: The chat's prompt templates (example_apps.common.chat.TEMPLATES_DIR), served locally.
+TEMPLATES_DIR = ROOT / "example_apps" / "common" / "templates"
 #: Seconds each child gets to stop after SIGINT before it is killed.
 STOP_TIMEOUT = 10.0
 START_TIMEOUT = 30.0
@@ -195,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sys.executable, "-m", "freeplay_integrations.local", "--host", host,
                 "--port", str(freeplay_port), "--db", db, "--api-key", LOCAL_API_KEY,
                 "--project-id", LOCAL_PROJECT_ID,
+                "--templates", str(TEMPLATES_DIR),
             ]  # fmt: skip
             local = _spawn(command, env, stdout=subprocess.DEVNULL)
             children.append(("the local Freeplay server", local))

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.serving import make_server
 
-from example_apps.common.chat import ANSWER_PROMPT, REWRITE_PROMPT, TRACE_NAME, Event
+from example_apps.common.chat import (
+    ANSWER_PROMPT,
+    REWRITE_PROMPT,
+    TEMPLATES_DIR,
+    TRACE_NAME,
+    Event,
+)
 from example_apps.common.llm import REWRITE_MARKER, LocalResponder, Message
 
 if TYPE_CHECKING:
@@ -27,6 +33,7 @@ __all__ = [
     "FailingResponder",
     "GatedResponder",
     "RecordedTurn",
+    "local_freeplay",
     "parse_sse",
     "recorded_turns",
     "serve_wsgi",
@@ -34,6 +41,15 @@ __all__ = [
 
 #: Longest a test waits for anything (a gate, a recording).
 WAIT = 10.0
+
+
+@contextmanager
+def local_freeplay() -> Iterator[LocalFreeplay]:
+    """A local Freeplay serving the chat's prompt templates (what `make demo` starts)."""
+    from freeplay_integrations.local import LocalFreeplay
+
+    with LocalFreeplay(templates=TEMPLATES_DIR) as server:
+        yield server
 
 
 def parse_sse(body: bytes | str) -> list[Event]:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from ._errors import ConfigurationError
 from ._ids import Signer
+from ._validation import is_uuid, project_id_error
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -633,6 +634,8 @@ def _project_id(options: Mapping[str, Any], env: Mapping[str, str], name: Option
             f"{name('project_id')} {project_id!r} is not a project ID: it may not contain "
             "'/' or spaces."
         )
+    if not is_uuid(project_id.strip()):
+        raise ConfigurationError(project_id_error(project_id, name("project_id")))
     return project_id.strip()
 
 

@@ -48,6 +48,12 @@ from ._recording import (
     recorder_for,
     trace_to_json,
 )
+from ._validation import (
+    check_feedback,
+    check_metadata,
+    check_record_fields,
+    check_trace_kind,
+)
 
 __all__ = [
     "RecordFields",
@@ -162,6 +168,7 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
             "the model's response."
         )
     fields["all_messages"] = list(messages)
+    check_record_fields(fields)
     trace = _trace(binding)
     if fields.get("parent_id") is None and trace is not None:
         fields["parent_id"] = UUID(trace.trace_id)
@@ -259,6 +266,9 @@ class trace_scope(Scope[TraceHandle]):
     ) -> None:
         if input is None:
             raise ValueError("trace_scope(input): Freeplay needs the trace's input; got None.")
+        check_trace_kind(kind)
+        if custom_metadata is not None:
+            check_metadata(custom_metadata, "trace_scope(custom_metadata)")
         self._input = input
         self._name = name
         self._agent_name = agent_name
@@ -353,6 +363,7 @@ def record_feedback(
     """
     binding = _binding("record_feedback")
     body = _feedback(feedback, "record_feedback")
+    check_feedback(body, "record_feedback()")
     if completion_id is None:
         trace = _trace(binding)
         if isinstance(trace, TraceHandle) and trace.last_completion_id is not None:
@@ -389,6 +400,7 @@ def record_trace_feedback(
     """
     binding = _binding("record_trace_feedback")
     body = _feedback(feedback, "record_trace_feedback")
+    check_feedback(body, "record_trace_feedback()")
     project_id = _project_id(binding, "record_trace_feedback")
     handle = _open_trace(binding, trace_id, "record_trace_feedback")
     target = handle.trace_id if handle is not None else str(trace_id)
@@ -410,6 +422,7 @@ def update_session_metadata(metadata: Mapping[str, str | int | float | bool]) ->
     """Merge `metadata` into the bound session's metadata on Freeplay (new keys win)."""
     binding = _binding("update_session_metadata")
     body = _metadata(metadata, "update_session_metadata")
+    check_metadata(body, "update_session_metadata()")
     project_id = _project_id(binding, "update_session_metadata")
     _send(binding, SessionMetadata(project_id, binding.session_id, body))
 
@@ -424,6 +437,7 @@ def update_trace_metadata(
     """
     binding = _binding("update_trace_metadata")
     body = _metadata(metadata, "update_trace_metadata")
+    check_metadata(body, "update_trace_metadata()")
     handle = _open_trace(binding, trace_id, "update_trace_metadata")
     if handle is not None:
         handle.custom_metadata = {**(handle.custom_metadata or {}), **body}

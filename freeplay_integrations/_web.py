@@ -17,6 +17,7 @@ from ._config import Settings
 from ._context import SessionBinding
 from ._ids import parse_session_id
 from ._recording import prepare_recorder
+from ._validation import sanitize_metadata
 
 __all__ = [
     "EXPIRED",
@@ -339,7 +340,7 @@ class SessionResolver:
                 type(metadata).__name__,
             )
             return None
-        return dict(metadata)
+        return sanitize_metadata(metadata)
 
     def echo(self, binding: SessionBinding) -> str | None:
         """The session header's value for the response, or None (off, or session ended)."""

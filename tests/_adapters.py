@@ -89,7 +89,7 @@ UNAUTHORIZED_BODY = b"This Freeplay session belongs to another user.\n"
 #: What the view answers when no session is bound.
 NO_SESSION = "none"
 API_BASE = "http://127.0.0.1:9/api"  # closed: sessions are created without any HTTP call
-PROJECT_ID = "fuzz-project"
+PROJECT_ID = "f0220000-0000-4000-8000-00000000f022"
 VIEW_PATH = "/fuzz"
 
 RawHeaders = Sequence[tuple[bytes, bytes]]

@@ -38,5 +38,5 @@ ROOT_URLCONF = "tests.django_urls"
 FREEPLAY = {
     "API_KEY": "test-key",
     "API_BASE": "http://127.0.0.1:9/api",
-    "PROJECT_ID": "test-project",
+    "PROJECT_ID": "7e570000-0000-4000-8000-000000007e57",
 }

@@ -31,6 +31,7 @@ from freeplay_integrations import (
 from freeplay_integrations._ids import Signer, parse_session_id
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
 from freeplay_integrations.fastapi import CurrentSession
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 
 HEADER = "x-freeplay-session-id"
 COOKIE = "freeplay_session_id"
@@ -130,7 +131,7 @@ def build_app(
     ]
     app = Starlette(routes=routes)
     options.setdefault("client", client)
-    options.setdefault("project_id", "project")
+    options.setdefault("project_id", PROJECT_ID)
     if wrap:
         return FreeplaySessionMiddleware(app, **options)
     app.add_middleware(FreeplaySessionMiddleware, **options)
@@ -483,7 +484,7 @@ def test_fastapi_dependency_yields_the_request_session(client: Freeplay) -> None
         new = new_session()
         return {"old": session.session_id, "new": new.session_id}
 
-    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id="project")
+    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id=PROJECT_ID)
     sid = str(uuid.uuid4())
     with TestClient(app) as http:
         assert http.get("/dep", headers={HEADER: sid}).json() == {"session_id": sid, "same": True}
@@ -526,7 +527,7 @@ def test_lifespan_is_passed_through(client: Freeplay) -> None:
         events.append("shutdown")
 
     app = Starlette(lifespan=lifespan)
-    wrapped = FreeplaySessionMiddleware(app, client=client, project_id="p")
+    wrapped = FreeplaySessionMiddleware(app, client=client, project_id=PROJECT_ID)
     with TestClient(wrapped):
         assert events == ["startup"]
     assert events == ["startup", "shutdown"]
@@ -546,7 +547,7 @@ async def test_500_concurrent_requests_each_see_their_own_session(
         return PlainTextResponse(session_id())
 
     app = Starlette(routes=[Route("/async", slow), Route("/sync", slow_sync)])
-    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id="p")
+    app.add_middleware(FreeplaySessionMiddleware, client=client, project_id=PROJECT_ID)
     ids = [str(uuid.uuid4()) for _ in range(500)]
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
@@ -561,13 +562,13 @@ def test_configuration_errors_happen_at_construction(monkeypatch: pytest.MonkeyP
         monkeypatch.delenv(var, raising=False)
     app = Starlette()
     with pytest.raises(ConfigurationError, match="FREEPLAY_API_KEY"):
-        FreeplaySessionMiddleware(app, project_id="p")
+        FreeplaySessionMiddleware(app, project_id=PROJECT_ID)
     monkeypatch.setenv("FREEPLAY_API_KEY", "k")
     monkeypatch.setenv("FREEPLAY_API_BASE", "http://127.0.0.1:9/api")
     with pytest.raises(ConfigurationError, match="FREEPLAY_PROJECT_ID"):
         FreeplaySessionMiddleware(app)
-    monkeypatch.setenv("FREEPLAY_PROJECT_ID", "p")
-    assert FreeplaySessionMiddleware(app).settings.project_id == "p"
+    monkeypatch.setenv("FREEPLAY_PROJECT_ID", PROJECT_ID)
+    assert FreeplaySessionMiddleware(app).settings.project_id == PROJECT_ID
 
 
 # --- Ownership ---------------------------------------------------------------------------

@@ -54,6 +54,11 @@ from tests._servers import serve_asgi
 TIMEOUT = 10.0
 
 
+WORKER_PROJECT = "3077e400-0000-4000-8000-000000003077"
+PUBLISHER_PROJECT = "9ab10000-0000-4000-8000-000000009ab1"
+P1_PROJECT = "9e100000-0000-4000-8000-000000009e10"
+
+
 def observe() -> dict[str, Any]:
     """What a task sees of the Freeplay context it runs in."""
     binding = current_binding()
@@ -217,22 +222,22 @@ def test_recording_in_a_task_lands_in_the_request_session_under_its_trace(
 def test_session_metadata_and_project_travel_with_the_task(
     freeplay_local: LocalFreeplay, fp: Freeplay
 ) -> None:
-    app = make_app(freeplay_local, project_id="worker-default-project")
+    app = make_app(freeplay_local, project_id=WORKER_PROJECT)
     metadata = {"user_id": "u-1", "tenant": "acme", "n": 3}
     with running_worker(app):
-        with session_scope(fp, project_id="publisher-project", custom_metadata=metadata) as s:
+        with session_scope(fp, project_id=PUBLISHER_PROJECT, custom_metadata=metadata) as s:
             published = get(app.tasks["observe"].delay())
         unscoped_project = get(
             app.tasks["observe"].apply_async(headers={SESSION_HEADER: s.session_id})
         )
     assert published == {
         "session_id": s.session_id,
-        "project_id": "publisher-project",
+        "project_id": PUBLISHER_PROJECT,
         "metadata": metadata,
         "trace_id": None,
     }
     # Without a project header, the worker's configured project is used.
-    assert unscoped_project["project_id"] == "worker-default-project"
+    assert unscoped_project["project_id"] == WORKER_PROJECT
     assert current_session() is None
 
 
@@ -265,7 +270,7 @@ def test_task_published_after_end_session_does_not_join_the_ended_session(
 def test_new_session_if_missing_gives_each_task_its_own_session(
     freeplay_local: LocalFreeplay, fp: Freeplay
 ) -> None:
-    app = make_app(freeplay_local, new_session_if_missing=True, project_id="p-1")
+    app = make_app(freeplay_local, new_session_if_missing=True, project_id=P1_PROJECT)
     with running_worker(app):
         first = get(app.tasks["observe"].delay())
         second = get(app.tasks["observe"].delay())
@@ -273,7 +278,7 @@ def test_new_session_if_missing_gives_each_task_its_own_session(
             inside = get(app.tasks["observe"].delay())
     assert first["session_id"] and second["session_id"]
     assert first["session_id"] != second["session_id"]
-    assert first["project_id"] == "p-1"
+    assert first["project_id"] == P1_PROJECT
     assert inside["session_id"] == session.session_id  # a published session still wins
     assert current_session() is None
 
@@ -331,7 +336,7 @@ def test_apply_async_chain_group_and_chord_carry_the_session_and_trace(
     step, observe_task = app.tasks["step"], app.tasks["observe"]
     with (
         running_worker(app),
-        session_scope(fp, project_id="p-1") as session,
+        session_scope(fp, project_id=P1_PROJECT) as session,
         trace_scope("x") as trace,
     ):
         applied = observe_task.apply_async(countdown=0)
@@ -342,7 +347,7 @@ def test_apply_async_chain_group_and_chord_carry_the_session_and_trace(
         results = [get(applied), *get(chained), *get(grouped), *get(chorded)]
     expected = {
         "session_id": session.session_id,
-        "project_id": "p-1",
+        "project_id": P1_PROJECT,
         "metadata": None,
         "trace_id": trace.trace_id,
     }
@@ -368,7 +373,7 @@ def test_headers_published_and_explicit_headers_kept(
         with running_worker(app):
             get(app.tasks["observe"].delay())  # outside: nothing added
             with (
-                session_scope(fp, project_id="p-1", custom_metadata={"user": "u"}) as session,
+                session_scope(fp, project_id=P1_PROJECT, custom_metadata={"user": "u"}) as session,
                 trace_scope("x") as trace,
             ):
                 get(app.tasks["observe"].delay())
@@ -379,7 +384,7 @@ def test_headers_published_and_explicit_headers_kept(
     assert not any(key.startswith("freeplay_") for key in ours[0])
     assert {k: v for k, v in ours[1].items() if k.startswith("freeplay_")} == {
         SESSION_HEADER: session.session_id,
-        PROJECT_HEADER: "p-1",
+        PROJECT_HEADER: P1_PROJECT,
         TRACE_HEADER: trace.trace_id,
         METADATA_HEADER: {"user": "u"},
     }

@@ -25,6 +25,7 @@ from freeplay_integrations import (
 from freeplay_integrations._config import Settings
 from freeplay_integrations._ids import MAX_ID_LENGTH, Signer, parse_session_id
 from freeplay_integrations._web import Rejection, SessionResolver, cookie_value
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 
 API_BASE = "http://127.0.0.1:9/api"  # never contacted: creating sessions makes no HTTP call
 
@@ -35,7 +36,8 @@ def client() -> Freeplay:
 
 
 def settings(client: Freeplay, **options: Any) -> Settings:
-    return Settings.from_options({"client": client, "project_id": "p", **options}, environ={})
+    options = {"client": client, "project_id": PROJECT_ID, **options}
+    return Settings.from_options(options, environ={})
 
 
 # --- IDs -------------------------------------------------------------------------------
@@ -121,20 +123,20 @@ def test_settings_build_a_client_from_the_environment() -> None:
         environ={
             "FREEPLAY_API_KEY": "k",
             "FREEPLAY_API_BASE": "http://127.0.0.1:9/api/",
-            "FREEPLAY_PROJECT_ID": "proj",
+            "FREEPLAY_PROJECT_ID": "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b",
         },
     )
     assert isinstance(s.client, Freeplay)
     assert s.client.api_base == "http://127.0.0.1:9/api"
-    assert s.project_id == "proj"
+    assert s.project_id == "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
 
 
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"project_id": "p"}, "FREEPLAY_API_KEY"),
-        ({"project_id": "p", "api_key": "k"}, "FREEPLAY_API_BASE"),
-        ({"project_id": "p", "api_key": "k", "api_base": "ftp://x"}, "http(s) URL"),
+        ({"project_id": PROJECT_ID}, "FREEPLAY_API_KEY"),
+        ({"project_id": PROJECT_ID, "api_key": "k"}, "FREEPLAY_API_BASE"),
+        ({"project_id": PROJECT_ID, "api_key": "k", "api_base": "ftp://x"}, "http(s) URL"),
         ({"api_key": "k", "api_base": "http://x"}, "FREEPLAY_PROJECT_ID"),
     ],
 )

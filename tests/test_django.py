@@ -42,6 +42,9 @@ MAX_AGE = "2592000"
 # -- helpers -------------------------------------------------------------------------------
 
 
+PROJECT_ID = "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
+
+
 def _get(client: Client, path: str, **extra: Any) -> Any:
     response = client.get(path, **extra)
     assert current_session() is None, "the request left a session bound in the test's context"
@@ -777,7 +780,7 @@ def test_client_by_dotted_path_to_a_factory(
 
 
 def test_client_by_dotted_path_to_an_instance(settings: SettingsWrapper) -> None:
-    settings.FREEPLAY = {"CLIENT": "tests.django_app.hooks.CLIENT", "PROJECT_ID": "p"}
+    settings.FREEPLAY = {"CLIENT": "tests.django_app.hooks.CLIENT", "PROJECT_ID": PROJECT_ID}
     assert _is_uuid4(_sid(_get(Client(), "/sync/")))
 
 
@@ -797,7 +800,12 @@ def test_a_broken_setting_fails_when_the_middleware_is_built(
     settings.FREEPLAY = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api"}
     with pytest.raises(ImproperlyConfigured, match=r'FREEPLAY\["PROJECT_ID"\]'):
         FreeplaySessionMiddleware(lambda request: HttpResponse())
-    settings.FREEPLAY = {"PROJECT_ID": "p", "API_KEY": "k", "API_BASE": "x", "SESION_HEADER": "X"}
+    settings.FREEPLAY = {
+        "PROJECT_ID": PROJECT_ID,
+        "API_KEY": "k",
+        "API_BASE": "x",
+        "SESION_HEADER": "X",
+    }
     with pytest.raises(ImproperlyConfigured, match='Did you mean "SESSION_HEADER"'):
         FreeplaySessionMiddleware(lambda request: HttpResponse())
 

@@ -16,6 +16,7 @@ from django.test import Client
 
 from freeplay_integrations import current_session
 from freeplay_integrations.django.checks import CHECK_IDS
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 
 if TYPE_CHECKING:
     from pytest_django.fixtures import Settings as SettingsWrapper
@@ -26,7 +27,10 @@ SESSIONS = "django.contrib.sessions.middleware.SessionMiddleware"
 COMMON = "django.middleware.common.CommonMiddleware"
 AUTH = "django.contrib.auth.middleware.AuthenticationMiddleware"
 CORS = "corsheaders.middleware.CorsMiddleware"
-VALID = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api", "PROJECT_ID": "p"}
+VALID = {"API_KEY": "k", "API_BASE": "http://127.0.0.1:9/api", "PROJECT_ID": PROJECT_ID}
+
+
+PROJECT_ID = "5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +67,7 @@ def test_every_id_is_documented() -> None:
 
 
 def test_e001_no_api_key_and_no_client(settings: SettingsWrapper) -> None:
-    settings.FREEPLAY = {"PROJECT_ID": "p"}
+    settings.FREEPLAY = {"PROJECT_ID": PROJECT_ID}
     message = only("freeplay_integrations.E001")
     assert 'FREEPLAY["API_KEY"]' in message.msg
     assert "FREEPLAY_API_KEY" in message.hint  # type: ignore[operator]
@@ -77,12 +81,12 @@ def test_the_environment_supplies_the_key_base_and_project(
     assert ids() == ["freeplay_integrations.E001", "freeplay_integrations.E002"]
     monkeypatch.setenv("FREEPLAY_API_KEY", "k")
     monkeypatch.setenv("FREEPLAY_API_BASE", "http://127.0.0.1:9/api")
-    monkeypatch.setenv("FREEPLAY_PROJECT_ID", "p")
+    monkeypatch.setenv("FREEPLAY_PROJECT_ID", PROJECT_ID)
     assert ids() == []
 
 
 def test_e001_client_that_does_not_import(settings: SettingsWrapper) -> None:
-    settings.FREEPLAY = {"PROJECT_ID": "p", "CLIENT": "myproject.nowhere.client"}
+    settings.FREEPLAY = {"PROJECT_ID": PROJECT_ID, "CLIENT": "myproject.nowhere.client"}
     message = only("freeplay_integrations.E001")
     assert "'myproject.nowhere.client' could not be imported" in message.msg
 

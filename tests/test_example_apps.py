@@ -22,7 +22,14 @@ from flask.testing import FlaskClient
 from freeplay import Freeplay
 from starlette.testclient import TestClient
 
-from example_apps.common.chat import FEEDBACK_KEY, MAX_MESSAGE_CHARS
+from example_apps.common.chat import (
+    ANSWER_TEMPLATE,
+    FEEDBACK_KEY,
+    MAX_MESSAGE_CHARS,
+    PROMPT_ENVIRONMENT,
+    REWRITE_PROMPT,
+    REWRITE_TEMPLATE,
+)
 from example_apps.common.llm import LocalResponder, Responder
 from example_apps.django_chat import settings as project
 from example_apps.fastapi_chat.app import create_app as create_fastapi_app
@@ -30,6 +37,7 @@ from example_apps.flask_chat.app import create_app as create_flask_app
 from example_apps.testing import (
     FailingResponder,
     GatedResponder,
+    local_freeplay,
     parse_sse,
     recorded_turns,
     serve_wsgi,
@@ -45,6 +53,13 @@ if TYPE_CHECKING:
 HEADER = "x-freeplay-session-id"
 COOKIE = "freeplay_session_id"
 JSON = "application/json"
+
+
+@pytest.fixture
+def freeplay_local() -> Iterator[LocalFreeplay]:
+    """The local Freeplay with the chat's prompt templates (the chat fetches its prompts)."""
+    with local_freeplay() as server:
+        yield server
 
 
 class ChatApp(ABC):
@@ -325,6 +340,23 @@ def test_answer_streams_as_server_sent_events(client: ChatApp) -> None:
     assert "".join(tokens) == expected == done["answer"]
     assert done["session_id"] == session_id
     assert current_session() is None
+
+
+def test_both_prompts_come_from_templates_and_are_recorded_with_them(
+    client: ChatApp, freeplay_local: LocalFreeplay
+) -> None:
+    session_id, _, _ = say(client, "What is Freeplay?")
+    freeplay_local.wait_for(lambda: len(freeplay_local.completions(session_id)) == 2)
+
+    rewrite, answer = freeplay_local.completions(session_id)
+    assert rewrite["prompt_info"]["template_name"] == REWRITE_TEMPLATE
+    assert answer["prompt_info"]["template_name"] == ANSWER_TEMPLATE
+    for completion in (rewrite, answer):
+        assert completion["prompt_info"]["environment"] == PROMPT_ENVIRONMENT
+    assert rewrite["messages"][0] == {"role": "system", "content": REWRITE_PROMPT}
+    assert freeplay_local.requests_received()[0].path.endswith(
+        f"/prompt-templates/name/{REWRITE_TEMPLATE}"
+    )
 
 
 def test_a_conversation_is_one_session_with_a_trace_per_turn(

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from example_apps.run_demo import APPS, ROOT
+from example_apps.testing import local_freeplay
 from freeplay_integrations import current_session
 from freeplay_integrations.local import LocalFreeplay
 
@@ -28,6 +29,13 @@ SCRIPT = ROOT / "example_apps" / "run_demo.py"
 READY = "Press Ctrl-C to stop."
 STOPPED = "Demo stopped."
 TIMEOUT = 30.0
+
+
+@pytest.fixture
+def freeplay_local() -> Iterator[LocalFreeplay]:
+    """The local Freeplay with the chat's prompt templates (the chat fetches its prompts)."""
+    with local_freeplay() as server:
+        yield server
 
 
 def free_port() -> int:

@@ -25,7 +25,7 @@ from example_apps.common.llm import (
     responder_from_env,
 )
 from example_apps.fastapi_chat.app import create_app
-from example_apps.testing import parse_sse, recorded_turns
+from example_apps.testing import local_freeplay, parse_sse, recorded_turns
 from freeplay_integrations import current_session
 from freeplay_integrations.local import LocalFreeplay
 from tests._servers import serve_asgi
@@ -35,6 +35,13 @@ QUESTION: list[Message] = [
     {"role": "user", "content": "What is a session?"},
 ]
 PIECES = ["A session ", "is one ", "conversation."]
+
+
+@pytest.fixture
+def freeplay_local() -> Iterator[LocalFreeplay]:
+    """The local Freeplay with the chat's prompt templates (the chat fetches its prompts)."""
+    with local_freeplay() as server:
+        yield server
 
 
 class FakeProvider:

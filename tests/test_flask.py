@@ -20,6 +20,7 @@ from freeplay_integrations.flask import (
     FreeplayState,
 )
 from freeplay_integrations.flask import freeplay_session as flask_current_session
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from freeplay_integrations.wsgi import FreeplaySessionMiddleware
 
 if TYPE_CHECKING:
@@ -67,7 +68,7 @@ def get_session_id(app: Flask, **headers: str) -> str:
 def test_config_defaults_cover_every_option() -> None:
     assert set(CONFIG_DEFAULTS) == set(OPTION_NAMES)
     # The defaults written into app.config validate on their own.
-    options = {**CONFIG_DEFAULTS, "api_key": "k", "api_base": "http://x/api", "project_id": "p"}
+    options = {**CONFIG_DEFAULTS, "api_key": "k", "api_base": "http://x/", "project_id": PROJECT_ID}
     Settings.from_options(options)
 
 
@@ -105,33 +106,36 @@ def test_app_config_options_are_used(freeplay_local: LocalFreeplay) -> None:
 
 
 def test_keyword_arguments_win_over_app_config(freeplay_local: LocalFreeplay) -> None:
-    app = create_app(FREEPLAY_PROJECT_ID="from-config", FREEPLAY_SESSION_HEADER="X-Config")
+    from_config = "c0f1c0f1-0000-4000-8000-00000000c0f1"
+    from_keyword = "4e1d4e1d-0000-4000-8000-000000004e1d"
+    app = create_app(FREEPLAY_PROJECT_ID=from_config, FREEPLAY_SESSION_HEADER="X-Config")
     FreeplaySessions(
         app,
         client=freeplay_local.client(),
-        project_id="from-keyword",
+        project_id=from_keyword,
         session_header="X-Keyword",
     )
-    assert app.extensions[EXTENSION_KEY].settings.project_id == "from-keyword"
+    assert app.extensions[EXTENSION_KEY].settings.project_id == from_keyword
     response = app.test_client().get("/")
     assert "X-Keyword" in response.headers and "X-Config" not in response.headers
     # Keywords fill in app.config only where it says nothing.
-    assert app.config["FREEPLAY_PROJECT_ID"] == "from-config"
+    assert app.config["FREEPLAY_PROJECT_ID"] == from_config
     assert app.config["FREEPLAY_CLIENT"] is not None
 
 
 def test_factory_pattern_with_several_apps(freeplay_local: LocalFreeplay) -> None:
+    other = freeplay_local.add_project("07e407e4-0000-4000-8000-0000000007e4")
     extension = FreeplaySessions()
     first = create_app(**local_config(freeplay_local, FREEPLAY_SESSION_HEADER="X-First"))
     second = create_app(
-        **local_config(freeplay_local, FREEPLAY_PROJECT_ID="other", FREEPLAY_SESSION_COOKIE=None)
+        **local_config(freeplay_local, FREEPLAY_PROJECT_ID=other, FREEPLAY_SESSION_COOKIE=None)
     )
     extension.init_app(first)
     extension.init_app(second)
     assert first.extensions[EXTENSION_KEY].extension is extension
     assert second.extensions[EXTENSION_KEY].extension is extension
     assert first.extensions[EXTENSION_KEY].settings.project_id == freeplay_local.project_id
-    assert second.extensions[EXTENSION_KEY].settings.project_id == "other"
+    assert second.extensions[EXTENSION_KEY].settings.project_id == other
 
     one = first.test_client().get("/")
     assert one.headers["X-First"] == one.text and "Set-Cookie" in one.headers
@@ -202,12 +206,12 @@ def test_missing_project_id_names_the_config_key() -> None:
     # Nothing half-registered: fixing the config and registering again works.
     assert EXTENSION_KEY not in app.extensions
     assert not isinstance(app.wsgi_app, FreeplaySessionMiddleware)
-    app.config["FREEPLAY_PROJECT_ID"] = "p"
+    app.config["FREEPLAY_PROJECT_ID"] = PROJECT_ID
     FreeplaySessions(app)
 
 
 def test_missing_api_key_names_the_config_key() -> None:
-    app = create_app(FREEPLAY_PROJECT_ID="p")
+    app = create_app(FREEPLAY_PROJECT_ID=PROJECT_ID)
     with pytest.raises(ConfigurationError, match=r'Set app\.config\["FREEPLAY_API_KEY"\]'):
         FreeplaySessions(app)
 
@@ -216,7 +220,7 @@ def test_malformed_config_value_names_the_config_key() -> None:
     app = create_app(
         FREEPLAY_API_KEY="key",
         FREEPLAY_API_BASE="http://127.0.0.1:9/api",
-        FREEPLAY_PROJECT_ID="p",
+        FREEPLAY_PROJECT_ID=PROJECT_ID,
         FREEPLAY_ON_INVALID="drop",
     )
     with pytest.raises(
@@ -228,7 +232,7 @@ def test_malformed_config_value_names_the_config_key() -> None:
 def test_malformed_keyword_names_the_keyword() -> None:
     app = create_app(FREEPLAY_API_KEY="key", FREEPLAY_API_BASE="http://127.0.0.1:9/api")
     with pytest.raises(ConfigurationError, match="`cookie_samesite=` must be"):
-        FreeplaySessions(app, project_id="p", cookie_samesite="sometimes")
+        FreeplaySessions(app, project_id=PROJECT_ID, cookie_samesite="sometimes")
 
 
 def test_unknown_keyword_fails_at_construction() -> None:

@@ -45,6 +45,7 @@ from freeplay_integrations import (
 )
 from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from freeplay_integrations.local import LocalFreeplay
 
 HEADER = "x-freeplay-session-id"
@@ -118,18 +119,19 @@ def test_record_keeps_a_given_completion_id_and_project(
     client: Freeplay, server: LocalFreeplay
 ) -> None:
     completion_id = uuid.uuid4()
+    other = server.add_project("07e40000-0000-4000-8000-0000000007e4")
     with scope(client, server):
         response = record(
             all_messages=chat("a"),
             completion_id=completion_id,
-            project_id="other-project",
+            project_id=other,
             call_info=CallInfo(provider="openai", model="gpt-x", start_time=1.0, end_time=2.0),
         )
     assert response.completion_id == str(completion_id)
     flushed(client)
     stored = server.completion(str(completion_id))
     assert stored is not None
-    assert stored["project_id"] == "other-project"
+    assert stored["project_id"] == other
     assert stored["model"] == "gpt-x"
 
 
@@ -238,14 +240,14 @@ def test_attach_session_returns_a_bound_copy(client: Freeplay, server: LocalFree
 
 def test_attach_session_keeps_an_explicit_parent(client: Freeplay, server: LocalFreeplay) -> None:
     parent = uuid.uuid4()
-    payload = RecordPayload(project_id="p", all_messages=chat("x"), parent_id=parent)
+    payload = RecordPayload(project_id=PROJECT_ID, all_messages=chat("x"), parent_id=parent)
     with scope(client, server), trace_scope("q"):
         assert attach_session(payload).parent_id == parent
 
 
 def test_attach_session_outside_a_session_raises() -> None:
     with pytest.raises(NoActiveSessionError):
-        attach_session(RecordPayload(project_id="p", all_messages=chat("x")))
+        attach_session(RecordPayload(project_id=PROJECT_ID, all_messages=chat("x")))
 
 
 # -- trace_scope ------------------------------------------------------------------------

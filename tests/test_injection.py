@@ -20,6 +20,7 @@ from freeplay import Freeplay
 
 from freeplay_integrations import ConfigurationError, current_session
 from freeplay_integrations.asgi import FreeplaySessionMiddleware as AsgiMiddleware
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from freeplay_integrations.wsgi import FreeplaySessionMiddleware
 from tests._adapters import (
     ADAPTERS,
@@ -177,7 +178,7 @@ def test_header_and_cookie_settings_cannot_inject_either(option: str, value: str
         FreeplaySessionMiddleware(
             lambda environ, start_response: [],
             client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
-            project_id="p",
+            project_id=PROJECT_ID,
             **{option: value},
         )
 
@@ -226,7 +227,7 @@ async def test_websocket_accept_carries_no_injected_header() -> None:
     app = AsgiMiddleware(
         _websocket_app,
         client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
-        project_id="p",
+        project_id=PROJECT_ID,
     )
     for payload in _payloads():
         for field in (HEADER_KEY, b"cookie"):
@@ -254,7 +255,7 @@ async def test_a_refused_websocket_is_closed_without_echoing_the_value() -> None
     app = AsgiMiddleware(
         _websocket_app,
         client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
-        project_id="p",
+        project_id=PROJECT_ID,
         on_invalid="reject",
     )
     for payload in INJECTIONS:

@@ -240,3 +240,19 @@ def test_page_is_read_only(server: LocalFreeplay) -> None:
 
     assert response.status_code == 405
     assert server.request_count == 0
+
+
+def test_index_lists_each_session_with_its_first_user_message(
+    server: LocalFreeplay, client: Freeplay
+) -> None:
+    session = client.sessions.create()
+    record(client, server, session, content="Where is <Paris>?")
+    record(client, server, session, content="And Rome?")
+
+    page = get(server, "/").text
+    [listed] = server.sessions()
+
+    assert listed["first_user_message"] == "Where is <Paris>?"
+    assert '<span class="first-message">Where is &lt;Paris&gt;?</span>' in page
+    assert "And Rome?" not in page
+    assert session.session_id in page  # still shown, under the message

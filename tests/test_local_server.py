@@ -23,7 +23,7 @@ from freeplay.resources.sessions import Session
 from freeplay.resources.traces import TraceUpdatePayload
 
 import freeplay_integrations
-from freeplay_integrations.local import LocalFreeplay, ReceivedRequest, main
+from freeplay_integrations.local import DEFAULT_PROJECT_ID, LocalFreeplay, ReceivedRequest, main
 
 MESSAGES = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -225,16 +225,18 @@ def test_customer_feedback_is_merged_into_completion_and_trace(
     assert server.traces()[0]["feedback"] == {"helpful": True}
 
 
-def test_feedback_sent_before_the_completion_shows_up_once_it_arrives(
+def test_feedback_sent_before_the_completion_is_404_as_in_freeplay(
     server: LocalFreeplay, client: Freeplay
 ) -> None:
     session = client.sessions.create()
     completion_id = uuid.uuid4()
 
-    client.customer_feedback.update(server.project_id, str(completion_id), {"thumbs": "down"})
+    with pytest.raises(FreeplayClientError, match="404"):
+        client.customer_feedback.update(server.project_id, str(completion_id), {"thumbs": "down"})
     record(client, server, session, completion_id=completion_id)
+    client.customer_feedback.update(server.project_id, str(completion_id), {"thumbs": "up"})
 
-    assert server.completion(str(completion_id))["feedback"] == {"thumbs": "down"}  # type: ignore[index]
+    assert server.completion(str(completion_id))["feedback"] == {"thumbs": "up"}  # type: ignore[index]
 
 
 def test_metadata_updates_merge(server: LocalFreeplay, client: Freeplay) -> None:
@@ -364,7 +366,7 @@ def test_bad_requests(server: LocalFreeplay) -> None:
     bad_completion_id = api(
         server, "POST", session_path, json={"messages": MESSAGES, "completion_id": "x"}
     )
-    unknown = api(server, "POST", "/prompt-templates/all/prod")
+    unknown = api(server, "POST", "/datasets/id/x/test-cases/all")
     wrong_method = api(server, "GET", session_path)
 
     assert invalid_json.status_code == 400
@@ -401,7 +403,8 @@ def test_replayed_completion_is_stored_once(server: LocalFreeplay, client: Freep
     assert server.duplicates == 1
 
 
-def test_replayed_trace_is_stored_once(server: LocalFreeplay, client: Freeplay) -> None:
+def test_a_second_trace_post_updates_it(server: LocalFreeplay, client: Freeplay) -> None:
+    # Freeplay documents the trace POST as "create or update": the second output wins.
     session = client.sessions.create()
     trace = session.create_trace(input="q")
 
@@ -409,24 +412,25 @@ def test_replayed_trace_is_stored_once(server: LocalFreeplay, client: Freeplay) 
     trace.record_output(server.project_id, "second")
 
     [stored] = server.traces()
-    assert stored["output"] == "first"
+    assert stored["output"] == "second"
     assert server.duplicates == 1
     assert [r.status for r in server.requests_received()] == [201, 201]
 
 
-def test_trace_update_arriving_before_the_trace_is_kept(
+def test_trace_metadata_before_the_trace_is_404_then_merges_after(
     server: LocalFreeplay, client: Freeplay
 ) -> None:
     session = client.sessions.create()
     trace = session.create_trace(input="q", custom_metadata={"a": 1})
 
+    with pytest.raises(FreeplayClientError, match="404"):
+        client.metadata.update_trace(
+            server.project_id, session.session_id, trace.trace_id, {"a": 2, "b": 3}
+        )
+    trace.record_output(server.project_id, "a")
     client.metadata.update_trace(
         server.project_id, session.session_id, trace.trace_id, {"a": 2, "b": 3}
     )
-    assert server.traces() == []
-    pending = server.trace(trace.trace_id)
-    assert pending is not None and pending["recorded"] is False
-    trace.record_output(server.project_id, "a")
 
     [stored] = server.traces()
     assert stored["custom_metadata"] == {"a": 2, "b": 3}
@@ -528,6 +532,79 @@ def test_hang_ends_by_itself(server: LocalFreeplay) -> None:
     assert response.status_code == 400  # answered normally once the hang is over
 
 
+def test_latency_delays_every_answer_until_removed(server: LocalFreeplay) -> None:
+    path = f"/sessions/{uuid.uuid4()}/completions"
+    server.faults.latency(0.3)
+    assert server.faults.active
+
+    started = time.monotonic()
+    delayed = api(server, "POST", path, json={"messages": MESSAGES})
+    delayed_for = time.monotonic() - started
+    server.faults.latency(0)
+    started = time.monotonic()
+    prompt = api(server, "POST", path, json={"messages": MESSAGES})
+
+    assert delayed.status_code == prompt.status_code == 201  # answered normally, later
+    assert delayed_for >= 0.28
+    assert time.monotonic() - started < 0.28
+    assert not server.faults.active
+
+
+def test_latency_applies_to_faulted_answers_too(server: LocalFreeplay) -> None:
+    server.faults.latency(0.3)
+    server.faults.fail_next(1, status=503)
+    started = time.monotonic()
+
+    response = api(server, "POST", f"/sessions/{uuid.uuid4()}/completions", json={})
+
+    assert response.status_code == 503
+    assert time.monotonic() - started >= 0.28
+
+
+def test_latency_does_not_serialise_concurrent_requests(server: LocalFreeplay) -> None:
+    # Four requests under 1 s of latency: one after another they would take 4 s or more.
+    server.faults.latency(1.0)
+    statuses: list[int] = []
+    started = time.monotonic()
+
+    def post() -> None:
+        path = f"/sessions/{uuid.uuid4()}/completions"
+        statuses.append(api(server, "POST", path, json={"messages": MESSAGES}).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert statuses == [201] * 4
+    assert time.monotonic() - started < 3.5
+
+
+def test_clear_lets_requests_waiting_on_latency_through(server: LocalFreeplay) -> None:
+    server.faults.latency(60)
+    results: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: results.append(
+            api(server, "POST", f"/sessions/{uuid.uuid4()}/completions", json={}).status_code
+        )
+    )
+    waiting.start()
+    server.wait_for(lambda: server.request_count == 0 and waiting.is_alive())
+    time.sleep(0.2)  # the request is in the server, waiting
+    server.faults.clear()
+    waiting.join(timeout=5)
+
+    assert results == [400]  # answered (an empty completion is refused), not still waiting
+    assert not server.faults.active
+
+
+def test_latency_must_be_a_finite_non_negative_number(server: LocalFreeplay) -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="latency"):
+            server.faults.latency(bad)
+
+
 def test_reset_next_drops_the_connection(server: LocalFreeplay) -> None:
     path = f"/sessions/{uuid.uuid4()}/completions"
     server.faults.reset_next(1)
@@ -585,7 +662,7 @@ def test_url_api_base_and_client(server: LocalFreeplay) -> None:
 def test_stop_drops_keep_alive_connections() -> None:
     local = LocalFreeplay().start()
     http = requests.Session()
-    path = f"{local.api_base}/v2/projects/p/sessions/{uuid.uuid4()}/completions"
+    path = f"{local.api_base}/v2/projects/{local.project_id}/sessions/{uuid.uuid4()}/completions"
     headers = {"Authorization": f"Bearer {local.api_key}"}
     assert http.post(path, json={"messages": MESSAGES}, headers=headers, timeout=5).ok
 
@@ -701,7 +778,9 @@ def test_command_line_serves_the_page_and_stops_on_sigterm(tmp_path: Path) -> No
         session = client.sessions.create()
         client.recordings.create(
             RecordPayload(
-                project_id="local-project", all_messages=MESSAGES, session_info=session.session_info
+                project_id=DEFAULT_PROJECT_ID,
+                all_messages=MESSAGES,
+                session_info=session.session_info,
             )
         )
     finally:

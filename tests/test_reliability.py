@@ -214,7 +214,9 @@ HANDLERS = """
         return []
 
     def build():
-        FreeplaySessionMiddleware(app, client=client, project_id="p")
+        FreeplaySessionMiddleware(
+            app, client=client, project_id="5e0c3c8a-3b7e-4f0e-9a51-2c4d6e8f0a1b"
+        )
 
     def mine(signum, frame):
         pass
@@ -264,7 +266,7 @@ SCRIPT = """
 
     client = Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2])
     configure_recording(shutdown_timeout=1.0, handle_sigterm=True)
-    with session_scope(client, project_id="p"):
+    with session_scope(client, project_id=sys.argv[3]):
         for n in range(20):
             record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})
     print("QUEUED", flush=True)
@@ -277,7 +279,14 @@ def test_a_bare_script_spools_what_it_queued_on_sigterm(tmp_path: Path) -> None:
     with LocalFreeplay() as freeplay:
         freeplay.faults.hang(60)  # nothing gets delivered
         process = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(SCRIPT), freeplay.api_key, freeplay.api_base],
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(SCRIPT),
+                freeplay.api_key,
+                freeplay.api_base,
+                freeplay.project_id,
+            ],
             env={**os.environ, ENV_SPOOL_PATH: str(spool)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -24,6 +24,7 @@ from freeplay_integrations._config import Settings
 from freeplay_integrations._context import SessionBinding
 from freeplay_integrations._web import SessionResolver
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from tests import _hypothesis
 from tests._adapters import (
     ADAPTERS,
@@ -81,7 +82,7 @@ def valid_tokens(count: int, seed: int) -> Iterator[tuple[str, str]]:
 @pytest.fixture
 def resolver() -> SessionResolver:
     client = Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api")
-    options = {"client": client, "project_id": "p", "signing_secret": [NEW, OLD]}
+    options = {"client": client, "project_id": PROJECT_ID, "signing_secret": [NEW, OLD]}
     return SessionResolver(Settings.from_options(options))
 
 
@@ -127,7 +128,7 @@ def test_valid_tokens_are_accepted_every_time_with_either_secret(
 def test_the_resolver_itself_would_be_caught_accepting_a_forgery() -> None:
     """`_resumed` tells a resumed session from a new one (so the 0 above means something)."""
     client = Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api")
-    unsigned = SessionResolver(Settings.from_options({"client": client, "project_id": "p"}))
+    unsigned = SessionResolver(Settings.from_options({"client": client, "project_id": PROJECT_ID}))
     session_id = str(uuid.uuid4())
     assert _resumed(unsigned.resolve(session_id, None, None), session_id + ".forged")
     assert not _resumed(unsigned.resolve(None, None, None), session_id)
@@ -208,7 +209,7 @@ def test_weak_or_malformed_secrets_fail_at_start_up(secret: object, message: str
         FreeplaySessionMiddleware(
             lambda scope, receive, send: None,  # type: ignore[arg-type,return-value]
             client=Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api"),
-            project_id="p",
+            project_id=PROJECT_ID,
             signing_secret=secret,
         )
     assert "`signing_secret=`" in str(caught.value)

@@ -20,6 +20,7 @@ from freeplay_integrations import current_session, new_session
 from freeplay_integrations._context import current_binding
 from freeplay_integrations._ids import parse_session_id
 from freeplay_integrations._web import INVALID_ID_REASON
+from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 from freeplay_integrations.wsgi import (
     EXPOSE_HEADERS,
     LOG_UNHANDLED,
@@ -610,5 +611,5 @@ def test_misconfiguration_names_the_keyword() -> None:
 
     with pytest.raises(ConfigurationError, match="`on_invalid=` must be 'new' or 'reject'"):
         FreeplaySessionMiddleware(
-            echo_app, api_key="k", api_base="http://x/api", project_id="p", on_invalid="drop"
+            echo_app, api_key="k", api_base="http://x/api", project_id=PROJECT_ID, on_invalid="drop"
         )

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from freeplay.resources.prompts import PromptInfo
 from freeplay.resources.recordings import CallInfo
 
 from freeplay_integrations import (
@@ -34,24 +35,30 @@ from freeplay_integrations import (
     require_session,
     trace_scope,
 )
+from freeplay_integrations._context import require_binding
 
 from .llm import Message, Responder
 
 __all__ = [
     "AGENT_NAME",
     "ANSWER_PROMPT",
+    "ANSWER_TEMPLATE",
     "ENV_FREEPLAY_UI",
     "FEEDBACK_KEY",
     "MAX_MESSAGE_CHARS",
+    "PROMPT_ENVIRONMENT",
     "REWRITE_PROMPT",
+    "REWRITE_TEMPLATE",
     "SSE_HEADERS",
     "STATIC_DIR",
     "STATIC_FILES",
+    "TEMPLATES_DIR",
     "TRACE_NAME",
     "VOTES",
     "Chat",
     "ChatError",
     "Event",
+    "Prompt",
     "Turn",
 ]
 
@@ -62,6 +69,14 @@ REWRITE_PROMPT = (
     "without the conversation before it. Reply with the question only."
 )
 ANSWER_PROMPT = "You are a friendly, concise assistant. Answer the user's question."
+#: The two prompt templates of a turn (their text is REWRITE_PROMPT and ANSWER_PROMPT) and
+#: the environment they are fetched from.
+REWRITE_TEMPLATE = "chat-rewrite"
+ANSWER_TEMPLATE = "chat-answer"
+PROMPT_ENVIRONMENT = "latest"
+#: The templates in the format of the SDK's FilesystemTemplateResolver, for the local
+#: Freeplay (`python -m freeplay_integrations.local --templates TEMPLATES_DIR`).
+TEMPLATES_DIR = Path(__file__).parent / "templates"
 #: The name and agent of each turn's trace on Freeplay.
 TRACE_NAME = "chat_turn"
 AGENT_NAME = "example-chat"
@@ -105,6 +120,14 @@ class Event:
     def sse(self) -> bytes:
         payload = json.dumps(self.data, ensure_ascii=False)
         return f"event: {self.name}\ndata: {payload}\n\n".encode()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt template filled in: the messages for the model and the template's info."""
+
+    messages: list[Message]
+    info: PromptInfo
 
 
 @dataclass(frozen=True)
@@ -243,12 +266,12 @@ class Chat:
             try:
                 prompt = self._rewrite_prompt(history, message)
                 start = time.time()
-                question = "".join(self.responder.stream(prompt)).strip() or message
+                question = "".join(self.responder.stream(prompt.messages)).strip() or message
                 self._record(prompt, question, start, {"message": message})
                 yield Event("rewrite", {"question": question})
                 prompt = self._answer_prompt(history, question)
                 start, parts = time.time(), []
-                for token in self.responder.stream(prompt):
+                for token in self.responder.stream(prompt.messages):
                     parts.append(token)
                     yield Event("token", {"text": token})
                 done = self._finish(trace, message, question, "".join(parts), prompt, start)
@@ -266,13 +289,14 @@ class Chat:
             try:
                 prompt = self._rewrite_prompt(history, message)
                 start = time.time()
-                question = "".join([t async for t in self.responder.astream(prompt)]).strip()
+                tokens = [t async for t in self.responder.astream(prompt.messages)]
+                question = "".join(tokens).strip()
                 question = question or message
                 self._record(prompt, question, start, {"message": message})
                 yield Event("rewrite", {"question": question})
                 prompt = self._answer_prompt(history, question)
                 start, parts = time.time(), []
-                async for token in self.responder.astream(prompt):
+                async for token in self.responder.astream(prompt.messages):
                     parts.append(token)
                     yield Event("token", {"text": token})
                 done = self._finish(trace, message, question, "".join(parts), prompt, start)
@@ -291,27 +315,35 @@ class Chat:
             messages.append({"role": "assistant", "content": turn.answer})
         return messages
 
-    def _rewrite_prompt(self, history: list[Turn], message: str) -> list[Message]:
-        return [
-            {"role": "system", "content": REWRITE_PROMPT},
-            *self._context(history),
-            {"role": "user", "content": message},
-        ]
+    @staticmethod
+    def _template(name: str, variables: dict[str, Any], history: list[Turn]) -> Prompt:
+        """The prompt template `name` from Freeplay, filled in (`prompts.get_formatted`).
 
-    def _answer_prompt(self, history: list[Turn], question: str) -> list[Message]:
-        return [
-            {"role": "system", "content": ANSWER_PROMPT},
-            *self._context(history),
-            {"role": "user", "content": question},
-        ]
+        The session's client and project are the middleware's (the local Freeplay serves
+        the templates in `TEMPLATES_DIR` when `make demo` runs it).
+        """
+        binding = require_binding()
+        formatted = binding.client.prompts.get_formatted(
+            project_id=binding.project_id,
+            template_name=name,
+            environment=PROMPT_ENVIRONMENT,
+            variables=variables,
+            history=Chat._context(history),
+        )
+        return Prompt(list(formatted.llm_prompt), formatted.prompt_info)
 
-    def _record(
-        self, prompt: list[Message], output: str, start: float, inputs: dict[str, Any]
-    ) -> str:
+    def _rewrite_prompt(self, history: list[Turn], message: str) -> Prompt:
+        return self._template(REWRITE_TEMPLATE, {"message": message}, history)
+
+    def _answer_prompt(self, history: list[Turn], question: str) -> Prompt:
+        return self._template(ANSWER_TEMPLATE, {"question": question}, history)
+
+    def _record(self, prompt: Prompt, output: str, start: float, inputs: dict[str, Any]) -> str:
         """Record one LLM call into the session, as a child of the turn's trace."""
         response = record(
-            all_messages=[*prompt, {"role": "assistant", "content": output}],
+            all_messages=[*prompt.messages, {"role": "assistant", "content": output}],
             inputs=inputs,
+            prompt_version_info=prompt.info,
             call_info=CallInfo(
                 provider=self.responder.provider,
                 model=self.responder.model,
@@ -327,7 +359,7 @@ class Chat:
         message: str,
         question: str,
         answer: str,
-        prompt: list[Message],
+        prompt: Prompt,
         start: float,
     ) -> Turn:
         completion_id = self._record(prompt, answer, start, {"question": question})

@@ -25,12 +25,16 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._server import API_PREFIX, Faults, LocalHTTPServer, ReceivedRequest, RequestLog
+from .._validation import check_project_id
+from ._faults import Faults
+from ._http import LocalHTTPServer, ReceivedRequest, RequestLog
+from ._routes import API_PREFIX, Api
 from ._store import MEMORY, Store
+from ._templates import TemplateFolder
 
 if TYPE_CHECKING:
     from freeplay import Freeplay
@@ -48,8 +52,8 @@ __all__ = [
 
 #: API key the local server accepts unless told otherwise.
 DEFAULT_API_KEY = "freeplay-local-key"
-#: Project ID advertised to clients (any project ID in a path is accepted).
-DEFAULT_PROJECT_ID = "local-project"
+#: The one project a server knows unless given others (a UUID, like Freeplay's project IDs).
+DEFAULT_PROJECT_ID = "8c6f3e2a-1d4b-4f7a-9b2e-5a0c7d1e3f64"
 #: Port of `python -m freeplay_integrations.local`.
 DEFAULT_PORT = 8765
 #: Database file of `python -m freeplay_integrations.local`, relative to the working directory.
@@ -77,9 +81,17 @@ class LocalFreeplay:
         db_path: str | os.PathLike[str] | None = None,
         api_key: str = DEFAULT_API_KEY,
         project_id: str = DEFAULT_PROJECT_ID,
+        projects: Iterable[str] = (),
+        allowed_hosts: Iterable[str] = (),
+        templates: str | os.PathLike[str] | None = None,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("LocalFreeplay needs a non-empty api_key")
+        project_id = check_project_id(project_id, "LocalFreeplay project_id")
+        known = [project_id] + [check_project_id(p, "LocalFreeplay projects") for p in projects]
+        self._projects = {pid: "Local project" if pid == project_id else "Project" for pid in known}
+        self._allowed_hosts = frozenset(host.strip().lower() for host in allowed_hosts)
+        self._templates = None if templates is None else TemplateFolder(templates)
         self._host = host
         self._port = port
         self._api_key = api_key
@@ -104,10 +116,10 @@ class LocalFreeplay:
                 return self
             server = LocalHTTPServer(
                 (self._host, self._port),
-                store=self._store,
+                api=Api(self._store, self._api_key, self._projects, self._templates),
                 faults=self._faults,
                 log=self._log,
-                api_key=self._api_key,
+                allowed_hosts=self._allowed_hosts,
             )
             self._port = server.server_address[1]
             self._thread = threading.Thread(
@@ -128,7 +140,7 @@ class LocalFreeplay:
         if server is None:
             return
         server.shutdown()
-        self._faults.release()
+        self._faults.wake()
         server.close_connections()
         server.server_close()
         if thread is not None:
@@ -182,7 +194,19 @@ class LocalFreeplay:
 
     @property
     def project_id(self) -> str:
+        """The default project (what `env()` exports)."""
         return self._project_id
+
+    def add_project(self, project_id: str, name: str = "Project") -> str:
+        """Make the server know another project (a UUID); returns its ID in lower case."""
+        project_id = check_project_id(project_id, "add_project(project_id)")
+        self._projects.setdefault(project_id, name)
+        return project_id
+
+    @property
+    def projects(self) -> list[str]:
+        """Every project ID this server knows; the API answers 404 for any other."""
+        return list(self._projects)
 
     @property
     def db_path(self) -> str:
@@ -190,7 +214,7 @@ class LocalFreeplay:
 
     @property
     def faults(self) -> Faults:
-        """Fault injection for the API endpoints: `fail_next`, `fail_for`, `hang`, ..."""
+        """Fault injection for the API endpoints: `fail_next`, `fail_for`, `hang`, `latency`..."""
         return self._faults
 
     def env(self) -> dict[str, str]:
@@ -305,7 +329,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--project-id",
         default=None,
-        help=f"project ID to advertise (default: $FREEPLAY_PROJECT_ID, else {DEFAULT_PROJECT_ID})",
+        help="default project ID, a UUID (default: $FREEPLAY_PROJECT_ID, else "
+        f"{DEFAULT_PROJECT_ID})",
+    )
+    parser.add_argument(
+        "--project",
+        action="append",
+        default=[],
+        metavar="PROJECT_ID",
+        help="another project ID the server knows (repeatable); others answer 404",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name served besides loopback ones (repeatable), e.g. for --host 0.0.0.0",
+    )
+    parser.add_argument(
+        "--templates",
+        default=None,
+        metavar="FOLDER",
+        help="serve prompt templates from FOLDER (holding freeplay/prompts/<project>/<env>/"
+        "<name>.json, the SDK's FilesystemTemplateResolver format)",
     )
     return parser
 
@@ -319,8 +365,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     db_path = None if args.db == MEMORY else os.path.abspath(args.db)
     try:
         server = LocalFreeplay(
-            host=args.host, port=args.port, db_path=db_path, api_key=api_key, project_id=project_id
+            host=args.host,
+            port=args.port,
+            db_path=db_path,
+            api_key=api_key,
+            project_id=project_id,
+            projects=args.project,
+            allowed_hosts=args.allowed_host,
+            templates=args.templates,
         ).start()
+    except ValueError as exc:
+        print(f"Cannot start the local Freeplay server: {exc}")
+        return 1
     except sqlite3.DatabaseError as exc:
         print(f"Cannot open {db_path} as the local Freeplay database: {exc}")
         print("Pass --db with another file (it is created if missing), or --db :memory:.")
@@ -341,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"  FREEPLAY_API_BASE={server.api_base}")
     print(f"  FREEPLAY_API_KEY={shown_key}")
     print(f"  FREEPLAY_PROJECT_ID={server.project_id}")
+    for other in server.projects[1:]:
+        print(f"  (also serves project {other})")
     print(f"Data: {db_path or 'in memory only'}. Press Ctrl-C to stop.", flush=True)
     try:
         while not stop.wait(0.5):

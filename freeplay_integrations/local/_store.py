@@ -100,6 +100,24 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: the text ones
+        parts = [b.get("text") for b in content if isinstance(b, Mapping)]
+        text = " ".join(p for p in parts if isinstance(p, str))
+        return text or None
+    return None
+
+
+def _first_user_message(messages: Any) -> str | None:
+    """The text of the first user message of a session's first completion."""
+    for message in messages if isinstance(messages, list) else ():
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return _text(message.get("content"))
+    return None
+
+
 class Store:
     """Everything the server received. Every method is safe to call from any thread.
 
@@ -160,10 +178,22 @@ class Store:
         )
 
     def record_completion(
-        self, project_id: str, session_id: str, completion_id: str, body: Mapping[str, Any]
+        self,
+        project_id: str,
+        session_id: str,
+        completion_id: str,
+        body: Mapping[str, Any],
+        *,
+        template_name: str | None = None,
     ) -> bool:
-        """Store a completion; False (and nothing changed) when its ID is already stored."""
+        """Store a completion; False (and nothing changed) when its ID is already stored.
+
+        `template_name` (looked up from `prompt_info`) is kept in the stored `prompt_info`.
+        """
         now = time.time()
+        prompt_info = body.get("prompt_info")
+        if isinstance(prompt_info, Mapping) and template_name is not None:
+            prompt_info = {**prompt_info, "template_name": template_name}
         call_info = body.get("call_info")
         call = _as_dict(call_info)
         metadata = _as_dict(_as_dict(body.get("session_info")).get("custom_metadata"))
@@ -189,7 +219,7 @@ class Store:
                     _as_float(call.get("start_time")),
                     _as_float(call.get("end_time")),
                     _dumps(call_info),
-                    _dumps(body.get("prompt_info")),
+                    _dumps(prompt_info),
                     _dumps(_as_dict(body.get("eval_results"))),
                     _dumps(dict(body)),
                     now,
@@ -239,19 +269,26 @@ class Store:
     def record_trace(
         self, project_id: str, session_id: str, trace_id: str, body: Mapping[str, Any]
     ) -> bool:
-        """Store a trace; False (and nothing changed) when it was already recorded."""
+        """Store a trace, or replace it; False when it was already recorded."""
         now = time.time()
         with self._tx() as db:
             row = self._trace_row(db, project_id, session_id, trace_id, now)
-            if row["recorded"]:
-                return False
+            again = bool(row["recorded"])
+            if again:
+                # Create or update: a second POST replaces what the first one recorded.
+                db.execute(
+                    "UPDATE traces SET output = NULL, custom_metadata = '{}',"
+                    " eval_results = '{}' WHERE id = ?",
+                    (trace_id,),
+                )
+                row = self._trace_row(db, project_id, session_id, trace_id, now)
             self._touch_session(db, project_id, session_id, now)
             # Metadata and eval results PATCHed before the trace arrived win over the record.
             metadata = _as_dict(body.get("custom_metadata"))
             metadata.update(_as_dict(_loads(row["custom_metadata"])))
             evals = _as_dict(body.get("eval_results"))
             evals.update(_as_dict(_loads(row["eval_results"])))
-            output = row["output"] if row["output"] is not None else _dumps(body.get("output"))
+            output = _dumps(body.get("output"))
             db.execute(
                 "UPDATE traces SET session_id = ?, project_id = ?, parent_id = ?, input = ?,"
                 " output = ?, name = ?, agent_name = ?, kind = ?, custom_metadata = ?,"
@@ -275,7 +312,7 @@ class Store:
                     trace_id,
                 ),
             )
-        return True
+        return not again
 
     def update_trace(
         self, project_id: str, session_id: str, trace_id: str, body: Mapping[str, Any]
@@ -373,6 +410,29 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------
 
+    def has_session(self, project_id: str, session_id: str) -> bool:
+        """The session has something recorded in this project and is not deleted."""
+        rows = self._query(
+            "SELECT 1 FROM sessions WHERE id = ? AND project_id = ? AND deleted_at IS NULL",
+            (session_id, project_id),
+        )
+        return bool(rows)
+
+    def has_completion(self, project_id: str, completion_id: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM completions WHERE id = ? AND project_id = ?", (completion_id, project_id)
+        )
+        return bool(rows)
+
+    def has_trace(self, project_id: str, trace_id: str, session_id: str | None = None) -> bool:
+        """The trace was recorded (POSTed) in this project (and session, if given)."""
+        sql = "SELECT 1 FROM traces WHERE id = ? AND project_id = ? AND recorded"
+        params: tuple[Any, ...] = (trace_id, project_id)
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            params += (session_id,)
+        return bool(self._query(sql, params))
+
     def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, params).fetchall()
@@ -381,7 +441,9 @@ class Store:
         "SELECT s.*,"
         " (SELECT COUNT(*) FROM completions c WHERE c.session_id = s.id) AS completion_count,"
         " (SELECT COUNT(*) FROM traces t WHERE t.session_id = s.id AND t.recorded)"
-        " AS trace_count FROM sessions s"
+        " AS trace_count,"
+        " (SELECT c.messages FROM completions c WHERE c.session_id = s.id ORDER BY c.seq"
+        " LIMIT 1) AS first_messages FROM sessions s"
     )
 
     @staticmethod
@@ -395,6 +457,7 @@ class Store:
             "deleted": row["deleted_at"] is not None,
             "completion_count": row["completion_count"],
             "trace_count": row["trace_count"],
+            "first_user_message": _first_user_message(_loads(row["first_messages"])),
         }
 
     def sessions(self, *, include_deleted: bool = False) -> list[dict[str, Any]]:

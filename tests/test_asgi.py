@@ -630,14 +630,18 @@ def test_configure_raises_a_configuration_error_at_once(client: Freeplay) -> Non
     from freeplay_integrations import ConfigurationError
 
     with pytest.raises(ConfigurationError, match="`on_invalid=`"):
-        FreeplaySessionMiddleware.configure(client=client, project_id="p", on_invalid="rejct")  # type: ignore[typeddict-item]
+        FreeplaySessionMiddleware.configure(
+            client=client,
+            project_id=PROJECT_ID,
+            on_invalid="rejct",  # type: ignore[typeddict-item]
+        )
 
 
 def test_configure_keeps_the_app_a_fastapi_app_with_the_session_on_a_500(
     client: Freeplay,
 ) -> None:
     app = FastAPI()
-    app.add_middleware(FreeplaySessionMiddleware.configure(client=client, project_id="p"))
+    app.add_middleware(FreeplaySessionMiddleware.configure(client=client, project_id=PROJECT_ID))
     app.state.greeting = "hello"
 
     def real_greeting() -> str:
@@ -673,7 +677,8 @@ def test_uvicorn_stops_at_start_up_on_a_bad_configuration(tmp_path: Any) -> None
         "from freeplay_integrations.asgi import FreeplaySessionMiddleware\n"
         "app = FastAPI()\n"
         "app.add_middleware(FreeplaySessionMiddleware.configure(\n"
-        "    api_key='k', api_base='http://127.0.0.1:9/api', project_id='p', recording='later'\n"
+        "    api_key='k', api_base='http://127.0.0.1:9/api',\n"
+        "    project_id='8c6f3e2a-1d4b-4f7a-9b2e-5a0c7d1e3f64', recording='later'\n"
         "))\n"
     )
     result = subprocess.run(
@@ -708,12 +713,13 @@ def test_the_fastapi_cli_finds_a_readme_shaped_app(
         "    project_id='9a4b1d3e-5c6f-4a7b-8c9d-0e1f2a3b4c5d',\n"
         "))\n"
     )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI adds the app's folder to it
     monkeypatch.chdir(tmp_path)
-    data = discover.get_import_data(path=tmp_path / "main.py")
-    assert data.import_string == "main:app"
-    monkeypatch.delitem(sys.modules, "main", raising=False)
-    main = __import__("main")
-    assert isinstance(main.app, FastAPI)
-    assert main.app.dependency_overrides == {}
-    monkeypatch.delitem(sys.modules, "main")
+    try:
+        data = discover.get_import_data(path=tmp_path / "main.py")  # imports main
+        assert data.import_string == "main:app"
+        app = sys.modules["main"].app
+        assert isinstance(app, FastAPI)
+        assert app.dependency_overrides == {}
+    finally:
+        sys.modules.pop("main", None)

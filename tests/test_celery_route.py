@@ -42,12 +42,12 @@ from freeplay_integrations._celery_route import (
 from freeplay_integrations._errors import ConfigurationError
 from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.celery import register_delivery_task
-from freeplay_integrations.local import LocalFreeplay
+from freeplay_integrations.local import DEFAULT_PROJECT_ID, LocalFreeplay
 
 if shutil.which("redis-server") is None:  # pragma: no cover - .ci/run installs it
     pytest.fail("redis-server is missing: apt-get install redis-server", pytrace=False)
 
-PROJECT = "celery-route-project"
+PROJECT = DEFAULT_PROJECT_ID
 MESSAGES = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 

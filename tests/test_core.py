@@ -335,7 +335,7 @@ def test_the_asgi_middleware_works_without_starlette() -> None:
         seen = []
         client = Freeplay(freeplay_api_key="k", api_base="http://127.0.0.1:9/api")
         wrapped = FreeplaySessionMiddleware(
-            app, client=client, project_id="p",
+            app, client=client, project_id="8c6f3e2a-1d4b-4f7a-9b2e-5a0c7d1e3f64",
             session_metadata=lambda request: seen.append(type(request).__name__) or None,
         )
         sent = []
@@ -418,7 +418,7 @@ def test_every_mistake_is_reported_at_once(client: Freeplay) -> None:
     for expected in ("`on_invalid=`", "`cookie_samesite=`", "`recording=`", "`sesion_header=`"):
         assert expected in message
     assert "starting with '/'" in message
-    errors = Settings.check({"client": client, "project_id": "p", **options}, environ={})
+    errors = Settings.check({"client": client, "project_id": PROJECT_ID, **options}, environ={})
     assert sorted(e.option for e in errors) == [
         "",
         "cookie_samesite",

@@ -528,6 +528,79 @@ def test_hang_ends_by_itself(server: LocalFreeplay) -> None:
     assert response.status_code == 400  # answered normally once the hang is over
 
 
+def test_latency_delays_every_answer_until_removed(server: LocalFreeplay) -> None:
+    path = f"/sessions/{uuid.uuid4()}/completions"
+    server.faults.latency(0.3)
+    assert server.faults.active
+
+    started = time.monotonic()
+    delayed = api(server, "POST", path, json={"messages": MESSAGES})
+    delayed_for = time.monotonic() - started
+    server.faults.latency(0)
+    started = time.monotonic()
+    prompt = api(server, "POST", path, json={"messages": MESSAGES})
+
+    assert delayed.status_code == prompt.status_code == 201  # answered normally, later
+    assert delayed_for >= 0.28
+    assert time.monotonic() - started < 0.28
+    assert not server.faults.active
+
+
+def test_latency_applies_to_faulted_answers_too(server: LocalFreeplay) -> None:
+    server.faults.latency(0.3)
+    server.faults.fail_next(1, status=503)
+    started = time.monotonic()
+
+    response = api(server, "POST", f"/sessions/{uuid.uuid4()}/completions", json={})
+
+    assert response.status_code == 503
+    assert time.monotonic() - started >= 0.28
+
+
+def test_latency_does_not_serialise_concurrent_requests(server: LocalFreeplay) -> None:
+    # Four requests under 1 s of latency: one after another they would take 4 s or more.
+    server.faults.latency(1.0)
+    statuses: list[int] = []
+    started = time.monotonic()
+
+    def post() -> None:
+        path = f"/sessions/{uuid.uuid4()}/completions"
+        statuses.append(api(server, "POST", path, json={"messages": MESSAGES}).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert statuses == [201] * 4
+    assert time.monotonic() - started < 3.5
+
+
+def test_clear_lets_requests_waiting_on_latency_through(server: LocalFreeplay) -> None:
+    server.faults.latency(60)
+    results: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: results.append(
+            api(server, "POST", f"/sessions/{uuid.uuid4()}/completions", json={}).status_code
+        )
+    )
+    waiting.start()
+    server.wait_for(lambda: server.request_count == 0 and waiting.is_alive())
+    time.sleep(0.2)  # the request is in the server, waiting
+    server.faults.clear()
+    waiting.join(timeout=5)
+
+    assert results == [400]  # answered (an empty completion is refused), not still waiting
+    assert not server.faults.active
+
+
+def test_latency_must_be_a_finite_non_negative_number(server: LocalFreeplay) -> None:
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="latency"):
+            server.faults.latency(bad)
+
+
 def test_reset_next_drops_the_connection(server: LocalFreeplay) -> None:
     path = f"/sessions/{uuid.uuid4()}/completions"
     server.faults.reset_next(1)

@@ -29,7 +29,9 @@ from collections.abc import Callable, Sequence
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._server import API_PREFIX, Faults, LocalHTTPServer, ReceivedRequest, RequestLog
+from ._faults import Faults
+from ._http import LocalHTTPServer, ReceivedRequest, RequestLog
+from ._routes import API_PREFIX, Api
 from ._store import MEMORY, Store
 
 if TYPE_CHECKING:
@@ -104,10 +106,9 @@ class LocalFreeplay:
                 return self
             server = LocalHTTPServer(
                 (self._host, self._port),
-                store=self._store,
+                api=Api(self._store, self._api_key),
                 faults=self._faults,
                 log=self._log,
-                api_key=self._api_key,
             )
             self._port = server.server_address[1]
             self._thread = threading.Thread(
@@ -128,7 +129,7 @@ class LocalFreeplay:
         if server is None:
             return
         server.shutdown()
-        self._faults.release()
+        self._faults.wake()
         server.close_connections()
         server.server_close()
         if thread is not None:
@@ -190,7 +191,7 @@ class LocalFreeplay:
 
     @property
     def faults(self) -> Faults:
-        """Fault injection for the API endpoints: `fail_next`, `fail_for`, `hang`, ..."""
+        """Fault injection for the API endpoints: `fail_next`, `fail_for`, `hang`, `latency`..."""
         return self._faults
 
     def env(self) -> dict[str, str]:

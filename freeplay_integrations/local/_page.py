@@ -12,152 +12,57 @@ page; `#session-id`, `[data-trace-id]` and `[data-completion-id]` nodes (with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from importlib import resources
+from typing import Any, NamedTuple
+from urllib.parse import unquote
+
+from ._store import Store
 
 __all__ = [
     "HEADERS",
-    "SCRIPT",
+    "STATIC",
+    "PageResponse",
     "etag",
     "index_page",
     "not_found_page",
+    "respond",
     "session_fragment",
     "session_page",
     "sessions_fragment",
+    "static_file",
 ]
 
 #: Security headers sent with every HTML page: no inline script, nothing from elsewhere.
 HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self';"
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
         " img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
-_CSS = """
-:root { --fg: #1d2330; --muted: #6b7385; --line: #e3e6ee; --bg: #f6f7fb; --card: #fff;
-  --trace: #6b4fd8; --completion: #0f8a6c; --accent: #2f5bea; }
-* { box-sizing: border-box; }
-body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif;
-  color: var(--fg); background: var(--bg); }
-header { display: flex; gap: 12px; align-items: baseline; padding: 10px 24px;
-  background: #1d2330; color: #fff; }
-header a { color: #fff; font-weight: 600; text-decoration: none; }
-header .muted { color: #aab1c2; }
-main { padding: 16px 24px 48px; max-width: 1200px; }
-h1 { font-size: 20px; margin: 8px 0 16px; }
-code, pre { font: 12.5px/1.4 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-pre { margin: 4px 0; padding: 8px; background: #f1f3f8; border-radius: 6px;
-  white-space: pre-wrap; word-break: break-word; max-height: 320px; overflow: auto; }
-a { color: var(--accent); }
-.muted { color: var(--muted); }
-.count { display: inline-block; min-width: 24px; padding: 0 8px; border-radius: 12px;
-  background: var(--accent); color: #fff; font-size: 13px; text-align: center; }
-.live { margin-left: auto; font-size: 12px; color: #7fe0b0; }
-.live.down { color: #ff9a8a; }
-table { width: 100%; border-collapse: collapse; background: var(--card);
-  border: 1px solid var(--line); border-radius: 8px; overflow: hidden; }
-th, td { text-align: left; padding: 8px 12px; border-bottom: 1px solid var(--line);
-  vertical-align: top; }
-th { background: #eef0f6; font-weight: 600; font-size: 12px; text-transform: uppercase;
-  letter-spacing: .03em; color: var(--muted); }
-td.num { text-align: right; width: 1%; white-space: nowrap; }
-.chip { display: inline-block; margin: 0 4px 2px 0; padding: 0 6px; border-radius: 4px;
-  background: #eef0f6; font-size: 12px; }
-.chip b { font-weight: 600; }
-.empty { padding: 24px; background: var(--card); border: 1px dashed var(--line);
-  border-radius: 8px; }
-dl.summary { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px;
-  margin: 0 0 16px; }
-dl.summary dt { color: var(--muted); }
-dl.summary dd { margin: 0; }
-ul.tree { list-style: none; margin: 0; padding: 0; }
-ul.tree ul.tree { margin-left: 22px; padding-left: 10px; border-left: 2px solid var(--line); }
-.node { margin: 8px 0; }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 8px;
-  padding: 8px 12px; }
-.trace > .card { border-left: 4px solid var(--trace); }
-.completion > .card { border-left: 4px solid var(--completion); }
-.kind { font-size: 11px; font-weight: 700; letter-spacing: .05em; text-transform: uppercase; }
-.trace > .card .kind { color: var(--trace); }
-.completion > .card .kind { color: var(--completion); }
-.head { display: flex; flex-wrap: wrap; gap: 10px; align-items: baseline; }
-.head .when { margin-left: auto; }
-.label { font-size: 11px; color: var(--muted); text-transform: uppercase; margin-top: 6px; }
-.message { margin: 4px 0; padding: 6px 8px; border-radius: 6px; background: #f7f8fb; }
-.message .role { font-size: 11px; font-weight: 700; color: var(--muted);
-  text-transform: uppercase; }
-.message.assistant { background: #eefaf5; }
-.message.system, .message.developer { background: #f5f3fe; }
-.text { white-space: pre-wrap; word-break: break-word; }
-details > summary { cursor: pointer; color: var(--muted); font-size: 12px; }
-"""
+#: Files served under `/ui/static/`, shipped as package data in `local/static/`.
+STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+}
 
-SCRIPT = """(function () {
-  "use strict";
-  var url = document.body.getAttribute("data-fragment");
-  var target = document.getElementById("content");
-  var live = document.getElementById("live");
-  if (!url || !target) { return; }
-  var busy = false;
 
-  function detailsState() {
-    var state = {};
-    target.querySelectorAll("details[data-key]").forEach(function (d) {
-      state[d.getAttribute("data-key")] = d.open;
-    });
-    return state;
-  }
-
-  function restore(state) {
-    target.querySelectorAll("details[data-key]").forEach(function (d) {
-      var key = d.getAttribute("data-key");
-      if (Object.prototype.hasOwnProperty.call(state, key)) { d.open = state[key]; }
-    });
-  }
-
-  function setLive(ok) {
-    if (!live) { return; }
-    live.className = ok ? "live" : "live down";
-    live.textContent = ok ? "live" : "server unreachable";
-  }
-
-  function poll() {
-    if (busy || document.hidden) { return; }
-    busy = true;
-    var headers = { "If-None-Match": target.getAttribute("data-etag") || "" };
-    fetch(url, { headers: headers, cache: "no-store" }).then(function (response) {
-      setLive(true);
-      if (response.status === 304) { return null; }
-      if (!response.ok) { throw new Error("HTTP " + response.status); }
-      var etag = response.headers.get("ETag") || "";
-      return response.text().then(function (text) { return [etag, text]; });
-    }).then(function (result) {
-      if (result === null) { return; }
-      var state = detailsState();
-      target.innerHTML = result[1];
-      target.setAttribute("data-etag", result[0]);
-      restore(state);
-      document.dispatchEvent(new CustomEvent("freeplay:updated"));
-    }).catch(function () {
-      setLive(false);
-    }).then(function () {
-      busy = false;
-    });
-  }
-
-  setInterval(poll, 1000);
-  document.addEventListener("visibilitychange", poll);
-})();
-"""
-
+@functools.cache
+def static_file(name: str) -> bytes:
+    """The bytes of one of the page's `STATIC` files (read once from the package)."""
+    if name not in STATIC:
+        raise KeyError(name)
+    return (resources.files(__package__) / "static" / name).read_bytes()
 
 def _e(value: Any) -> str:
     """HTML-escape anything (quotes included), so it is safe in text and attributes."""
@@ -229,7 +134,8 @@ def _layout(title: str, fragment_url: str, fragment: str) -> str:
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
+        f"<title>{_e(title)}</title>"
+        '<link rel="stylesheet" href="/ui/static/page.css"></head>'
         f'<body data-fragment="{_e(fragment_url)}">'
         '<header><a href="/">Local Freeplay</a>'
         '<span class="muted">sessions, traces and completions recorded on this server</span>'
@@ -444,3 +350,80 @@ def not_found_page(path: str) -> str:
         f'<h1>Not found</h1><p class="empty">Nothing at <code>{_e(path)}</code>.'
         ' <a href="/">All sessions</a></p>',
     )
+
+
+# -- requests for the page -------------------------------------------------------------
+
+
+class PageResponse(NamedTuple):
+    status: int
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str] | None = None
+
+
+_SESSION_UI = re.compile(r"/(sessions|ui/fragments/sessions|ui/api/sessions)/([^/]+)")
+_UUID4 = re.compile(
+    r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+    re.ASCII | re.IGNORECASE,
+)
+_JSON = "application/json"
+_HTML = "text/html; charset=utf-8"
+
+
+def _json_response(status: int, payload: Any) -> PageResponse:
+    return PageResponse(status, json.dumps(payload).encode(), _JSON)
+
+
+def _html(status: int, text: str) -> PageResponse:
+    return PageResponse(status, text.encode(), _HTML, HEADERS)
+
+
+def _fragment(text: str, if_none_match: str | None) -> PageResponse:
+    tag = etag(text)
+    if if_none_match == tag:
+        return PageResponse(304, b"", _HTML, {"ETag": tag})
+    return PageResponse(200, text.encode(), _HTML, {"ETag": tag})
+
+
+def respond(
+    store: Store, method: str, path: str, *, api_base: str, if_none_match: str | None = None
+) -> PageResponse:
+    """Answer a request for the web page (any path outside the API)."""
+    if method not in ("GET", "HEAD"):
+        return PageResponse(
+            405,
+            json.dumps({"message": "The web page is read-only."}).encode(),
+            _JSON,
+            {"Allow": "GET"},
+        )
+    if path == "/":
+        return _html(200, index_page(store.sessions(), api_base))
+    if path == "/ui/fragments/sessions":
+        return _fragment(sessions_fragment(store.sessions(), api_base), if_none_match)
+    if path == "/ui/api/sessions":
+        return _json_response(200, store.sessions())
+    if path == "/ui/api/health":
+        return _json_response(200, {"ok": True})
+    if path.startswith("/ui/static/") and path[len("/ui/static/") :] in STATIC:
+        name = path[len("/ui/static/") :]
+        return PageResponse(200, static_file(name), STATIC[name])
+    if path == "/favicon.ico":
+        return PageResponse(204, b"", "image/x-icon")
+    match = _SESSION_UI.fullmatch(path)
+    if match is None:
+        return _html(404, not_found_page(path))
+    kind, session_id = match.group(1), unquote(match.group(2))
+    if _UUID4.fullmatch(session_id) is None:
+        return _html(404, not_found_page(path))
+    session_id = session_id.lower()
+    session = store.session(session_id)
+    traces = store.traces(session_id)
+    completions = store.completions(session_id)
+    if kind == "sessions":
+        return _html(200, session_page(session_id, session, traces, completions))
+    if kind == "ui/fragments/sessions":
+        return _fragment(session_fragment(session_id, session, traces, completions), if_none_match)
+    if session is None:
+        return _json_response(404, {"message": f"Session {session_id} not found."})
+    return _json_response(200, {"session": session, "traces": traces, "completions": completions})

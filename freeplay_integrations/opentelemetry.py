@@ -91,8 +91,8 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
         session_id = binding.session_id
         if self.hashed:
             session_id = _hash(session_id)
-        for name in self.session_attributes:
-            span.set_attribute(name, session_id)
+        # One call, one lock on the SDK span (set_attribute takes it once per name).
+        span.set_attributes(dict.fromkeys(self.session_attributes, session_id))
         trace_attribute = self.trace_attribute
         if trace_attribute is not None and binding.open_traces:
             trace = current_trace()

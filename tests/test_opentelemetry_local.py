@@ -213,3 +213,72 @@ def test_processor_and_local_server_agree_on_the_attribute() -> None:
     from freeplay_integrations.local._otlp import SESSION_ATTRIBUTE
 
     assert FreeplaySessionSpanProcessor().session_attributes[0] == SESSION_ATTRIBUTE
+
+
+def _attr(key: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, int):
+        return {"key": key, "value": {"intValue": str(value)}}
+    return {"key": key, "value": {"stringValue": value}}
+
+
+def _spans_request(spans: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
+
+
+def test_session_page_shows_llm_spans_as_completions(freeplay_local: LocalFreeplay) -> None:
+    session = str(uuid.uuid4())
+    trace = "0af7651916cd43dd8448eb211c80319c"
+    step = {
+        "traceId": trace,
+        "spanId": "b7ad6b7169203331",
+        "name": "answer-question",
+        "startTimeUnixNano": "1700000000000000000",
+        "endTimeUnixNano": "1700000002000000000",
+        "attributes": [
+            _attr("freeplay.session.id", session),
+            _attr("openinference.span.kind", "CHAIN"),
+            _attr("input.value", "What is OTLP?"),
+        ],
+    }
+    llm = {
+        "traceId": trace,
+        "spanId": "00f067aa0ba902b7",
+        "parentSpanId": "b7ad6b7169203331",
+        "name": "ChatCompletion",
+        "startTimeUnixNano": "1700000000500000000",
+        "endTimeUnixNano": "1700000001500000000",
+        "attributes": [
+            _attr("freeplay.session.id", session),
+            _attr("openinference.span.kind", "LLM"),
+            _attr("llm.model_name", "gpt-4o-mini"),
+            _attr("llm.provider", "openai"),
+            _attr("llm.input_messages.0.message.role", "user"),
+            _attr("llm.input_messages.0.message.content", "What is OTLP?"),
+            _attr("llm.output_messages.0.message.role", "assistant"),
+            _attr("llm.output_messages.0.message.content", "A wire protocol."),
+            _attr("llm.token_count.prompt", 11),
+            _attr("llm.token_count.completion", 4),
+        ],
+    }
+    unbound = {"traceId": trace, "spanId": "1111111111111111", "name": "health-check"}
+    assert _post(freeplay_local, _spans_request([llm, step, unbound])).status_code == 200
+
+    page = httpx.get(f"{freeplay_local.url}/sessions/{session}", timeout=10).text
+    assert 'data-completion-id="00f067aa0ba902b7" data-parent-id="b7ad6b7169203331"' in page
+    assert 'data-trace-id="b7ad6b7169203331"' in page
+    # The LLM span is drawn inside its parent step.
+    assert page.index('data-trace-id="b7ad6b7169203331"') < page.index("data-completion-id")
+    for text in (
+        "gpt-4o-mini",
+        "openai",
+        "A wire protocol.",
+        "<b>prompt</b>: 11",
+        "<b>completion</b>: 4",
+    ):
+        assert text in page, text
+    assert "answer-question" in page and "health-check" not in page
+
+    no_session = httpx.get(f"{freeplay_local.url}/sessions/no-session", timeout=10)
+    assert no_session.status_code == 200
+    assert "health-check" in no_session.text and "answer-question" not in no_session.text
+    assert freeplay_local.session(session) is not None

@@ -22,6 +22,7 @@ __all__ = [
     "SESSION_ATTRIBUTE",
     "OtlpError",
     "decode_traces",
+    "page_nodes",
 ]
 
 #: Where spans without a session are stored (and how `LocalFreeplay.spans` names them).
@@ -162,3 +163,84 @@ def _span(
         "scope": scope,
         "session_id": str(session).lower() if isinstance(session, str) and session else None,
     }
+
+
+# -- spans as the session page's nodes -------------------------------------------------------
+
+
+def _messages(attributes: Mapping[str, Any], prefix: str) -> list[dict[str, Any]]:
+    """OpenInference's flattened `llm.input_messages.<i>.message.role/content` as a list."""
+    found: dict[int, dict[str, Any]] = {}
+    for key, value in attributes.items():
+        if not key.startswith(prefix):
+            continue
+        index, _, rest = key[len(prefix) :].partition(".message.")
+        if index.isdigit() and rest in ("role", "content"):
+            found.setdefault(int(index), {})[rest] = value
+    return [found[i] for i in sorted(found)]
+
+
+def _seconds(nanos: Any) -> float | None:
+    return nanos / 1e9 if isinstance(nanos, int) and nanos > 0 else None
+
+
+def _iso(nanos: Any) -> str | None:
+    from datetime import datetime, timezone
+
+    seconds = _seconds(nanos)
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).isoformat()
+
+
+def page_nodes(
+    spans: list[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`(traces, completions)` in the shape the session page draws: OpenInference LLM spans
+    (``openinference.span.kind`` = ``LLM``) as completions with their messages, model and
+    token counts, every other span as a trace step; parents are the parent spans."""
+    traces: list[dict[str, Any]] = []
+    completions: list[dict[str, Any]] = []
+    for span in spans:
+        attributes = span.get("attributes") or {}
+        common = {
+            "id": span["span_id"],
+            "parent_id": span.get("parent_span_id"),
+            "received_at": span.get("received_at"),
+            "eval_results": {},
+            "feedback": {},
+            "payload": span,
+        }
+        if str(attributes.get("openinference.span.kind", "")).upper() == "LLM":
+            messages = _messages(attributes, "llm.input_messages.")
+            messages += _messages(attributes, "llm.output_messages.")
+            tokens = {
+                name: attributes[f"llm.token_count.{name}"]
+                for name in ("prompt", "completion", "total")
+                if f"llm.token_count.{name}" in attributes
+            }
+            completions.append(
+                {
+                    **common,
+                    "messages": messages,
+                    "model": attributes.get("llm.model_name"),
+                    "provider": attributes.get("llm.provider") or attributes.get("llm.system"),
+                    "start_time": _seconds(span.get("start_time_unix_nano")),
+                    "end_time": _seconds(span.get("end_time_unix_nano")),
+                    "inputs": None,
+                    "tokens": tokens,
+                }
+            )
+        else:
+            traces.append(
+                {
+                    **common,
+                    "name": span.get("name"),
+                    "agent_name": None,
+                    "kind": attributes.get("openinference.span.kind") or "span",
+                    "input": attributes.get("input.value"),
+                    "output": attributes.get("output.value"),
+                    "custom_metadata": {},
+                    "start_time": _iso(span.get("start_time_unix_nano")),
+                    "end_time": _iso(span.get("end_time_unix_nano")),
+                }
+            )
+    return traces, completions

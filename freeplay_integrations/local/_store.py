@@ -391,7 +391,7 @@ class Store:
                         project_id,
                         span["trace_id"],
                         span["span_id"],
-                        _dumps({**span, "project_id": project_id}),
+                        _dumps({**span, "project_id": project_id, "received_at": now}),
                         now,
                     )
                     for span in spans

@@ -345,3 +345,74 @@ def test_exporter_endpoint_and_headers(
         freeplay_span_exporter(api_base=api_base, api_key="k")
     with pytest.raises(ConfigurationError, match="not both"):
         freeplay_span_exporter(client, api_key="k", project_id="p")
+
+
+def test_the_wsgi_server_span_gets_the_session(
+    otel: Telemetry, freeplay_local: LocalFreeplay
+) -> None:
+    from opentelemetry.instrumentation.wsgi import OpenTelemetryMiddleware as WsgiMiddleware
+
+    app = Flask(__name__)
+    app.config.update(
+        FREEPLAY_CLIENT=freeplay_local.client(), FREEPLAY_PROJECT_ID=freeplay_local.project_id
+    )
+    FreeplaySessions(app)
+
+    @app.get("/renew")
+    def renew() -> str:
+        with otel.tracer.start_as_current_span("flask-before"):
+            pass
+        return new_session().session_id
+
+    app.wsgi_app = WsgiMiddleware(app.wsgi_app, tracer_provider=otel.provider)  # type: ignore[method-assign]
+    old = str(uuid.uuid4())
+    response = app.test_client().get("/renew", headers={HEADER: old})
+    new = response.get_data(as_text=True)
+    assert response.headers[HEADER] == new != old
+    assert otel.session_of("flask-before") == [old]
+    (server,) = [s for s in otel.spans() if s.name.startswith("GET")]
+    assert server.attributes[SESSION] == new
+
+
+def test_celery_task_spans_carry_the_senders_session(
+    otel: Telemetry, freeplay_local: LocalFreeplay
+) -> None:
+    from celery import Celery
+
+    from freeplay_integrations.celery import (
+        disable_session_propagation,
+        enable_session_propagation,
+    )
+    from tests.test_celery import running_worker
+
+    app = Celery(f"otel-{uuid.uuid4().hex[:8]}", set_as_current=False)
+    app.conf.update(
+        broker_url="memory://",
+        result_backend="cache+memory://",
+        broker_transport_options={"polling_interval": 0.01},
+        task_default_queue=f"q-{uuid.uuid4().hex}",
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=False,
+    )
+
+    @app.task(name="spanning", shared=False)
+    def spanning() -> None:
+        with otel.tracer.start_as_current_span("celery-task"):
+            pass
+
+    @app.task(name="noop", shared=False)
+    def noop() -> None:
+        return None
+
+    enable_session_propagation(app, client=freeplay_local.client())
+    try:
+        with running_worker(app):
+            client = freeplay_local.client()
+            with session_scope(client, project_id=freeplay_local.project_id) as session:
+                result = spanning.delay()
+            result.get(timeout=20)
+            unbound = spanning.delay()
+            unbound.get(timeout=20)
+    finally:
+        disable_session_propagation(app)
+    assert otel.session_of("celery-task") == [session.session_id, None]

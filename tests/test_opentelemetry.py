@@ -416,3 +416,67 @@ def test_celery_task_spans_carry_the_senders_session(
     finally:
         disable_session_propagation(app)
     assert otel.session_of("celery-task") == [session.session_id, None]
+
+
+# -- W3C baggage as an opt-in session source ------------------------------------------------
+
+
+def _baggage_app(freeplay_local: LocalFreeplay, **options: Any) -> Any:
+    async def view(request: Request) -> Response:
+        return JSONResponse({"session": current_session().session_id})  # type: ignore[union-attr]
+
+    return FreeplaySessionMiddleware(
+        Starlette(routes=[Route("/", view)]),
+        client=freeplay_local.client(),
+        project_id=freeplay_local.project_id,
+        **options,
+    )
+
+
+async def _get_with(app: Any, headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        return await http.get("/", headers=headers)
+
+
+def test_baggage_is_a_session_source_only_when_asked(freeplay_local: LocalFreeplay) -> None:
+    session = str(uuid.uuid4())
+    baggage = {"baggage": f"user=7, freeplay.session.id={session};prop=1, other=x"}
+    opted_in = _baggage_app(freeplay_local, sources=("header", "baggage"))
+    assert asyncio.run(_get_with(opted_in, baggage)).json()["session"] == session
+    # The header still comes first when both are sent.
+    other = str(uuid.uuid4())
+    both = asyncio.run(_get_with(opted_in, {**baggage, HEADER: other}))
+    assert both.json()["session"] == other
+    default = _baggage_app(freeplay_local)
+    assert asyncio.run(_get_with(default, baggage)).json()["session"] != session
+
+
+def test_invalid_baggage_is_handled_like_an_invalid_header(freeplay_local: LocalFreeplay) -> None:
+    bad = {"baggage": "freeplay.session.id=not-a-uuid"}
+    lenient = _baggage_app(freeplay_local, sources=("baggage",))
+    response = asyncio.run(_get_with(lenient, bad))
+    assert response.status_code == 200 and "not-a-uuid" not in response.text
+    strict = _baggage_app(freeplay_local, sources=("baggage",), on_invalid="reject")
+    assert asyncio.run(_get_with(strict, bad)).status_code == 400
+    too_long = {"baggage": "x=" + "a" * 9000 + f",freeplay.session.id={uuid.uuid4()}"}
+    assert asyncio.run(_get_with(strict, too_long)).status_code == 200  # ignored, new session
+
+
+def test_baggage_in_a_wsgi_app(freeplay_local: LocalFreeplay) -> None:
+    app = Flask(__name__)
+    app.config.update(
+        FREEPLAY_CLIENT=freeplay_local.client(),
+        FREEPLAY_PROJECT_ID=freeplay_local.project_id,
+        FREEPLAY_SOURCES=("baggage",),
+    )
+    FreeplaySessions(app)
+
+    @app.get("/")
+    def view() -> str:
+        return current_session().session_id  # type: ignore[union-attr]
+
+    session = str(uuid.uuid4())
+    encoded = session.replace("-", "%2D")  # members are percent-decoded
+    response = app.test_client().get("/", headers={"baggage": f"freeplay.session.id={encoded}"})
+    assert response.get_data(as_text=True) == session

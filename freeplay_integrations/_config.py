@@ -58,7 +58,7 @@ ENV_API_KEY = "FREEPLAY_API_KEY"
 ENV_API_BASE = "FREEPLAY_API_BASE"
 ENV_PROJECT_ID = "FREEPLAY_PROJECT_ID"
 
-Source = Literal["header", "cookie"]
+Source = Literal["header", "cookie", "baggage"]
 OnInvalid = Literal["new", "reject"]
 RecordingMode = Literal["background", "sync"]
 SameSite = Literal["lax", "strict", "none", "Lax", "Strict", "None"]
@@ -209,9 +209,10 @@ def _sources_value(value: Any, name: OptionNamer) -> tuple[Source, ...] | None:
     raw = (value,) if isinstance(value, str) else value
     sources: list[Source] = []
     for source in raw:
-        if source not in ("header", "cookie"):
+        if source not in ("header", "cookie", "baggage"):
             raise ConfigurationError(
-                f"{name('sources')} may contain only 'header' and 'cookie', not {source!r}."
+                f"{name('sources')} may contain only 'header' and 'cookie' (and the opt-in "
+                f"'baggage'), not {source!r}."
             )
         if source in sources:
             raise ConfigurationError(f"{name('sources')} lists {source!r} twice.")
@@ -273,7 +274,7 @@ OPTIONS: tuple[Option, ...] = (
         _header_or_cookie_name("session_cookie"),
     ),
     Option(
-        "sources", "sequence of \"header\", \"cookie\"", None,
+        "sources", "sequence of \"header\", \"cookie\", \"baggage\"", None,
         "Where an incoming ID is looked for, in order.",
         _sources_value, "header, then cookie (those with a name)",
     ),

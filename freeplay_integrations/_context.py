@@ -138,6 +138,27 @@ class SessionBinding:
 
 
 _binding: ContextVar[SessionBinding | None] = ContextVar("freeplay_session", default=None)
+
+#: Called with the binding each time one is bound and after `new_session()` changed it.
+#: Empty unless a wiring call (e.g. `opentelemetry.instrument_tracer_provider`) added one.
+_bind_listeners: list[Callable[[SessionBinding], None]] = []
+
+
+def add_bind_listener(listener: Callable[[SessionBinding], None]) -> Callable[[], None]:
+    """Call `listener(binding)` on every `bind()` and after `new_session()`; returns a
+    function that removes it again. Listeners must be fast and must not raise."""
+    _bind_listeners.append(listener)
+
+    def remove() -> None:
+        if listener in _bind_listeners:
+            _bind_listeners.remove(listener)
+
+    return remove
+
+
+def _notify(binding: SessionBinding) -> None:
+    for listener in tuple(_bind_listeners):
+        listener(binding)
 _trace: ContextVar[TraceInfo | None] = ContextVar("freeplay_trace", default=None)
 
 
@@ -154,7 +175,10 @@ def require_binding() -> SessionBinding:
 
 def bind(binding: SessionBinding) -> Token[SessionBinding | None]:
     """Bind `binding` for the running context. Pair with `unbind(token)` in a `finally`."""
-    return _binding.set(binding)
+    token = _binding.set(binding)
+    if _bind_listeners:
+        _notify(binding)
+    return token
 
 
 def unbind(token: Token[SessionBinding | None]) -> None:
@@ -178,7 +202,11 @@ def new_session(custom_metadata: Mapping[str, Any] | None = None) -> Session:
     Inside a request, the response carries the new session's ID. The current session's
     custom metadata (user, tenant, ...) carries over unless `custom_metadata` is given.
     """
-    return require_binding().replace(custom_metadata)
+    binding = require_binding()
+    session = binding.replace(custom_metadata)
+    if _bind_listeners:
+        _notify(binding)
+    return session
 
 
 def current_trace() -> TraceInfo | None:

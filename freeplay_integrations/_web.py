@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import unquote
 
 from ._config import Settings
 from ._context import SessionBinding
@@ -20,6 +21,7 @@ from ._recording import prepare_recorder
 from ._validation import sanitize_metadata
 
 __all__ = [
+    "BAGGAGE_KEY",
     "EXPIRED",
     "EXPOSE_HEADERS",
     "INVALID_ID_REASON",
@@ -29,12 +31,18 @@ __all__ = [
     "Rejection",
     "SessionCookie",
     "SessionResolver",
+    "baggage_value",
     "cookie_value",
 ]
 
 logger = logging.getLogger("freeplay_integrations")
 
 _HEADER = "header"
+_BAGGAGE = "baggage"
+#: The W3C `baggage` member that carries the session (opt-in source `"baggage"`).
+BAGGAGE_KEY = "freeplay.session.id"
+#: W3C baggage limit: longer `baggage` headers are ignored as a session source.
+_BAGGAGE_MAX = 8192
 #: How many valid session values a resolver remembers (see `SessionResolver.parse`).
 KNOWN_VALUES = 4096
 #: The response header that lets browser code read the session header.
@@ -82,6 +90,17 @@ def cookie_value(cookie_header: str, name: str) -> str | None:
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             return value
+    return None
+
+
+def baggage_value(baggage_header: str, key: str = BAGGAGE_KEY) -> str | None:
+    """The value of member `key` in a W3C `baggage` header (percent-decoded), or None."""
+    if key not in baggage_header or len(baggage_header) > _BAGGAGE_MAX:
+        return None
+    for member in baggage_header.split(","):
+        name, sep, value = member.partition("=")
+        if sep and name.strip() == key:
+            return unquote(value.split(";", 1)[0].strip())
     return None
 
 
@@ -178,6 +197,7 @@ class SessionResolver:
         "_recording",
         "_signer",
         "_sources",
+        "baggage",
         "cookie_name",
         "echo_header",
         "environ_key",
@@ -193,7 +213,12 @@ class SessionResolver:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._known: dict[str, tuple[str, int | None]] = {}
-        self._sources = tuple(_HEADER if s == _HEADER else "cookie" for s in settings.sources)
+        self._sources = tuple(
+            _HEADER if s == _HEADER else _BAGGAGE if s == _BAGGAGE else "cookie"
+            for s in settings.sources
+        )
+        #: Whether adapters must read the W3C `baggage` header (opt-in source).
+        self.baggage = _BAGGAGE in settings.sources
         self._client = settings.client
         self._project_id = settings.project_id
         self._recording = settings.recording
@@ -268,6 +293,7 @@ class SessionResolver:
         header_value: str | None,
         cookie_header: str | None,
         request: Any,
+        baggage_header: str | None = None,
     ) -> SessionBinding | Rejection:
         """Resume the session a client sent, or start a new one.
 
@@ -280,6 +306,8 @@ class SessionResolver:
         for source in self._sources:
             if source is _HEADER:
                 raw = header_value
+            elif source is _BAGGAGE:
+                raw = baggage_value(baggage_header) if baggage_header else None
             elif cookie_header:
                 raw = cookie_value(cookie_header, self.cookie_name)  # type: ignore[arg-type]
             else:

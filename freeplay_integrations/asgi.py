@@ -167,7 +167,11 @@ class FreeplaySessionMiddleware:
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
         connection = self._connection
         request = None if connection is None else connection(scope)
-        return self.resolver.resolve(header_value, cookie_header, request)
+        baggage = None
+        if self.resolver.baggage:
+            values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"baggage"]
+            baggage = ",".join(values) or None
+        return self.resolver.resolve(header_value, cookie_header, request, baggage)
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, binding: SessionBinding, secure: bool

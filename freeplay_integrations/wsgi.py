@@ -122,6 +122,7 @@ class FreeplaySessionMiddleware:
             None if key is None else environ.get(key),
             environ.get("HTTP_COOKIE"),
             self._request(environ) if resolver.wants_request else None,
+            environ.get("HTTP_BAGGAGE") if resolver.baggage else None,
         )
         if isinstance(result, Rejection):
             return _reject(start_response, result)

@@ -209,7 +209,8 @@ def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rej
     if cookies and "," in cookies and hasattr(request, "scope"):
         cookies = _scope_cookies(request.scope)
     key = resolver.environ_key
-    result = resolver.resolve(None if key is None else meta.get(key), cookies, request)
+    baggage = meta.get("HTTP_BAGGAGE") if resolver.baggage else None
+    result = resolver.resolve(None if key is None else meta.get(key), cookies, request, baggage)
     if not isinstance(result, Rejection):
         request.freeplay_session = RequestSession(result)  # type: ignore[attr-defined]
     return result

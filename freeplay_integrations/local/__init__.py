@@ -256,6 +256,11 @@ class LocalFreeplay:
         """One trace; `"recorded": False` if only updates for it have arrived so far."""
         return self._store.trace(trace_id.lower())
 
+    def spans(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """OpenTelemetry spans received at `/api/v0/otel/v1/traces`, in arrival order: all,
+        or one session's (`"no session"`: the spans without `freeplay.session.id`)."""
+        return self._store.spans(None if session_id is None else session_id.lower())
+
     def feedback(self, target_id: str, *, kind: str = "completion") -> dict[str, Any]:
         """Customer feedback for a completion (or `kind="trace"`), even if it is not stored."""
         return self._store.feedback(kind, target_id.lower())

@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any, NamedTuple
 from urllib.parse import unquote
 
+from ._otlp import NO_SESSION, page_nodes
 from ._store import Store
 
 __all__ = [
@@ -242,6 +243,7 @@ def _completion_node(completion: Mapping[str, Any]) -> str:
         f"{_section('Prompt template', _prompt(completion['prompt_info']))}"
         f"{_section('Messages', _messages(completion['messages']))}"
         f"{_section('Inputs', _block(inputs) if inputs else '')}"
+        f"{_section('Tokens', _chips(completion.get('tokens') or {}))}"
         f"{_section('Eval results', _chips(completion['eval_results']))}"
         f"{_section('Feedback', _feedback(completion['feedback']))}"
         f"{_raw('completion', completion['id'], completion['payload'])}"
@@ -408,6 +410,23 @@ def _fragment(text: str, if_none_match: str | None) -> PageResponse:
     return PageResponse(200, text.encode(), _HTML, {"ETag": tag})
 
 
+#: The page of the OpenTelemetry spans that name no session: `/sessions/no-session`.
+NO_SESSION_PATH = "no-session"
+
+
+def _no_session(spans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    if not spans:
+        return None
+    return {
+        "id": NO_SESSION,
+        "project_id": spans[-1].get("project_id"),
+        "custom_metadata": {},
+        "deleted": False,
+        "first_seen": spans[0].get("received_at"),
+        "last_activity": spans[-1].get("received_at"),
+    }
+
+
 def respond(
     store: Store, method: str, path: str, *, api_base: str, if_none_match: str | None = None
 ) -> PageResponse:
@@ -436,12 +455,18 @@ def respond(
     if match is None:
         return _html(404, not_found_page(path))
     kind, session_id = match.group(1), unquote(match.group(2))
-    if _UUID4.fullmatch(session_id) is None:
+    if session_id == NO_SESSION_PATH:  # OpenTelemetry spans without freeplay.session.id
+        spans = store.spans(NO_SESSION)
+        session = _no_session(spans)
+        traces, completions = page_nodes(spans)
+    elif _UUID4.fullmatch(session_id) is None:
         return _html(404, not_found_page(path))
-    session_id = session_id.lower()
-    session = store.session(session_id)
-    traces = store.traces(session_id)
-    completions = store.completions(session_id)
+    else:
+        session_id = session_id.lower()
+        session = store.session(session_id)
+        span_traces, span_completions = page_nodes(store.spans(session_id))  # OpenTelemetry
+        traces = store.traces(session_id) + span_traces
+        completions = store.completions(session_id) + span_completions
     if kind == "sessions":
         return _html(200, session_page(session_id, session, traces, completions))
     if kind == "ui/fragments/sessions":

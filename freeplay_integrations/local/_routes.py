@@ -28,6 +28,7 @@ from .._validation import (
     is_uuid,
     is_uuid4,
 )
+from ._otlp import NO_SESSION, OtlpError, decode_traces
 from ._store import Store
 from ._templates import TemplateFolder
 
@@ -417,6 +418,22 @@ def list_projects(api: Api, request: ApiRequest) -> Answer:
     return Answer(200, {"projects": projects})
 
 
+def otlp_traces(api: Api, request: ApiRequest) -> Answer:
+    """OTLP/HTTP traces (protobuf or JSON), filed under `X-Freeplay-Project-Id`."""
+    project_id = request.headers.get("X-Freeplay-Project-Id", "").strip()
+    if not project_id:
+        raise ApiError(400, "Missing 'X-Freeplay-Project-Id' header.")
+    project_id = _project(api, project_id)
+    try:
+        spans = decode_traces(request.body, request.headers)
+    except OtlpError as error:
+        raise ApiError(error.status, error.message) from None
+    api.store.add_spans(project_id, spans, NO_SESSION)
+    is_json = request.headers.get("Content-Type", "").lower().startswith("application/json")
+    # An empty ExportTraceServiceResponse: `{}` in JSON, zero bytes in protobuf.
+    return Answer(200, {} if is_json else None)
+
+
 # -- the route table: the one place to register an endpoint -----------------------------
 
 _P = "/v2/projects/([^/]+)"
@@ -436,4 +453,5 @@ ROUTES: Router = Router(
     Route("DELETE", f"{_P}/sessions/{_SEG}", delete_session),
     Route("POST", f"{_P}/completion-feedback/id/{_SEG}", completion_feedback),
     Route("POST", f"{_P}/trace-feedback/id/{_SEG}", trace_feedback),
+    Route("POST", "/v0/otel/v1/traces", otlp_traces),
 )

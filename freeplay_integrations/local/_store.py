@@ -67,6 +67,16 @@ CREATE TABLE IF NOT EXISTS traces (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS traces_session ON traces (session_id, seq);
+CREATE TABLE IF NOT EXISTS spans (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS spans_session ON spans (session_id, seq);
 CREATE TABLE IF NOT EXISTS feedback (
     kind TEXT NOT NULL,
     target_id TEXT NOT NULL,
@@ -403,9 +413,41 @@ class Store:
                 (session_id, project_id, now, now, now),
             )
 
+    def add_spans(self, project_id: str, spans: list[dict[str, Any]], no_session: str) -> None:
+        """Store OTLP spans (see `_otlp`), each under its session or `no_session`."""
+        now = time.time()
+        with self._tx() as db:
+            for session_id in dict.fromkeys(s["session_id"] for s in spans if s["session_id"]):
+                self._touch_session(db, project_id, session_id, now)
+            db.executemany(
+                "INSERT INTO spans (session_id, project_id, trace_id, span_id, data,"
+                " received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        span["session_id"] or no_session,
+                        project_id,
+                        span["trace_id"],
+                        span["span_id"],
+                        _dumps({**span, "project_id": project_id, "received_at": now}),
+                        now,
+                    )
+                    for span in spans
+                ],
+            )
+
+    def spans(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored spans in arrival order, of one session (or `no_session` key) or of all."""
+        if session_id is None:
+            rows = self._query("SELECT data FROM spans ORDER BY seq")
+        else:
+            rows = self._query(
+                "SELECT data FROM spans WHERE session_id = ? ORDER BY seq", (session_id,)
+            )
+        return [_as_dict(_loads(row["data"])) for row in rows]
+
     def clear(self) -> None:
         with self._tx() as db:
-            for table in ("sessions", "completions", "traces", "feedback"):
+            for table in ("sessions", "completions", "traces", "feedback", "spans"):
                 db.execute(f"DELETE FROM {table}")
 
     # -- reads -------------------------------------------------------------------------

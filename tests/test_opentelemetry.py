@@ -323,22 +323,22 @@ def test_exporter_endpoint_and_headers(
 ) -> None:
     api_base, received = capture
     client = Freeplay(freeplay_api_key="key-1", api_base=api_base)
-    _export_one(freeplay_span_exporter(client, project_id="proj-1"))
+    _export_one(freeplay_span_exporter(client, project_id="1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"))
     path, headers = received.pop()
     assert path == "/api/v0/otel/v1/traces"
     assert headers["authorization"] == "Bearer key-1"
-    assert headers["x-freeplay-project-id"] == "proj-1"
+    assert headers["x-freeplay-project-id"] == "1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed"
     assert headers["content-type"] == "application/x-protobuf"
 
     monkeypatch.setenv("FREEPLAY_API_KEY", "key-env")
     monkeypatch.setenv("FREEPLAY_API_BASE", api_base + "/")
-    monkeypatch.setenv("FREEPLAY_PROJECT_ID", "proj-env")
+    monkeypatch.setenv("FREEPLAY_PROJECT_ID", "6ec0bd7f-11c0-43da-975e-2a8ad9ebae0b")
     _export_one(freeplay_span_exporter())
     path, headers = received.pop()
     assert path == "/api/v0/otel/v1/traces"
     assert (headers["authorization"], headers["x-freeplay-project-id"]) == (
         "Bearer key-env",
-        "proj-env",
+        "6ec0bd7f-11c0-43da-975e-2a8ad9ebae0b",
     )
     monkeypatch.delenv("FREEPLAY_PROJECT_ID")
     with pytest.raises(ConfigurationError, match="FREEPLAY_PROJECT_ID"):

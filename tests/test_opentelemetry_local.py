@@ -86,18 +86,20 @@ def test_gzip_protobuf_is_accepted(freeplay_local: LocalFreeplay) -> None:
         endpoint=freeplay_local.api_base + "/v0/otel/v1/traces",
         headers={
             "Authorization": f"Bearer {freeplay_local.api_key}",
-            "X-Freeplay-Project-Id": "p1",
+            "X-Freeplay-Project-Id": freeplay_local.project_id,
         },
         compression=Compression.Gzip,
     )
     session = str(uuid.uuid4())
     assert _export(exporter, session) is SpanExportResult.SUCCESS
-    assert [s["project_id"] for s in freeplay_local.spans(session)] == ["p1"]
+    assert [s["project_id"] for s in freeplay_local.spans(session)] == [freeplay_local.project_id]
 
 
-def test_wrong_key_and_missing_project_are_refused(freeplay_local: LocalFreeplay) -> None:
+def test_wrong_key_and_missing_or_unknown_project_are_refused(
+    freeplay_local: LocalFreeplay,
+) -> None:
     wrong_key = freeplay_span_exporter(
-        api_base=freeplay_local.api_base, api_key="wrong", project_id="p"
+        api_base=freeplay_local.api_base, api_key="wrong", project_id=freeplay_local.project_id
     )
     assert _export(wrong_key) is SpanExportResult.FAILURE
     no_project = OTLPSpanExporter(
@@ -105,9 +107,15 @@ def test_wrong_key_and_missing_project_are_refused(freeplay_local: LocalFreeplay
         headers={"Authorization": f"Bearer {freeplay_local.api_key}"},
     )
     assert _export(no_project) is SpanExportResult.FAILURE
+    unknown_project = freeplay_span_exporter(
+        api_base=freeplay_local.api_base,
+        api_key=freeplay_local.api_key,
+        project_id=str(uuid.uuid4()),
+    )
+    assert _export(unknown_project) is SpanExportResult.FAILURE
     assert freeplay_local.spans() == []
     statuses = [r.status for r in freeplay_local.requests_received()]
-    assert statuses == [401, 400]
+    assert statuses == [401, 400, 404]
 
 
 def _json_request(session_id: str | None) -> dict[str, Any]:
@@ -199,7 +207,7 @@ def test_bad_bodies_are_refused(
         content=body,
         headers={
             "Authorization": f"Bearer {freeplay_local.api_key}",
-            "X-Freeplay-Project-Id": "p",
+            "X-Freeplay-Project-Id": freeplay_local.project_id,
             **headers,
         },
         timeout=10,

@@ -240,7 +240,7 @@ def _completion_node(completion: Mapping[str, Any]) -> str:
         f'<span class="model">{model}</span>{_duration(start, end)}'
         f'<code class="muted">{cid}</code>'
         f'<span class="when muted">{_time(completion["received_at"])}</span></div>'
-        f"{_section('Prompt template', _prompt(completion['prompt_info']))}"
+        f"{_section('Prompt template', _prompt(completion.get('prompt_info')))}"
         f"{_section('Messages', _messages(completion['messages']))}"
         f"{_section('Inputs', _block(inputs) if inputs else '')}"
         f"{_section('Tokens', _chips(completion.get('tokens') or {}))}"

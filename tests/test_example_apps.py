@@ -348,9 +348,12 @@ def test_both_prompts_come_from_templates_and_are_recorded_with_them(
     session_id, _, _ = say(client, "What is Freeplay?")
     freeplay_local.wait_for(lambda: len(freeplay_local.completions(session_id)) == 2)
 
-    rewrite, answer = freeplay_local.completions(session_id)
-    assert rewrite["prompt_info"]["template_name"] == REWRITE_TEMPLATE
-    assert answer["prompt_info"]["template_name"] == ANSWER_TEMPLATE
+    # Both are delivered concurrently, so they may arrive in either order.
+    by_template = {
+        c["prompt_info"]["template_name"]: c for c in freeplay_local.completions(session_id)
+    }
+    assert sorted(by_template) == sorted([REWRITE_TEMPLATE, ANSWER_TEMPLATE])
+    rewrite, answer = by_template[REWRITE_TEMPLATE], by_template[ANSWER_TEMPLATE]
     for completion in (rewrite, answer):
         assert completion["prompt_info"]["environment"] == PROMPT_ENVIRONMENT
     assert rewrite["messages"][0] == {"role": "system", "content": REWRITE_PROMPT}

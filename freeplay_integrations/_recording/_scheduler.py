@@ -508,8 +508,11 @@ class Recorder:
         if failure.status in SPOOLED_STATUSES:
             self._spool([op], failure.reason)
             return
-        if not self._finish(op, "failed"):
-            return
+        if self._finish(op, "failed"):
+            self._log_rejected(op, failure)
+
+    def _log_rejected(self, op: Operation, failure: Failure) -> None:
+        """One line per (kind, status) per interval, with the count since the last one."""
         with self._cond:
             count = self._log_limited((op.kind, failure.status))
         if count:
@@ -704,17 +707,7 @@ class Recorder:
             if not failure.transient:
                 if failure.status in SPOOLED_STATUSES:
                     return "retry"
-                with self._cond:
-                    count = self._log_limited((op.kind, failure.status))
-                if count:
-                    logger.error(
-                        LOG_REJECTED,
-                        count,
-                        op.kind,
-                        f"HTTP {failure.status}",
-                        session_ref(op.session_id),
-                        failure.reason,
-                    )
+                self._log_rejected(op, failure)
                 return "failed"
             delay = min(1.0, self._delay(1, failure))
             if time.monotonic() + delay > deadline:

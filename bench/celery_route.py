@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from celery_apps import RedisServer
 
 from freeplay_integrations import configure_recording, flush, record, session_scope
-from freeplay_integrations.local import LocalFreeplay
+from freeplay_integrations.local import DEFAULT_PROJECT_ID, LocalFreeplay
 
 MESSAGES = [
     {"role": "user", "content": "What is the capital of France?"},
@@ -41,7 +41,7 @@ MESSAGES = [
 
 def _round(client: object, records: int) -> list[float]:
     timings: list[float] = []
-    with session_scope(client, project_id="bench") as _:  # type: ignore[arg-type]
+    with session_scope(client, project_id=DEFAULT_PROJECT_ID) as _:  # type: ignore[arg-type]
         for i in range(200):  # warm-up: connections, caches
             record(all_messages=MESSAGES, inputs={"i": i})
         for i in range(records):

@@ -48,7 +48,7 @@ from freeplay_integrations import (
 )
 
 API_KEY = "bench-key"
-PROJECT = "bench-project"
+PROJECT = "de11e0a1-0000-4000-8000-00000000de11"  # a UUID: the local Freeplay knows it
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "What is the capital of France?"},

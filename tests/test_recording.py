@@ -169,6 +169,24 @@ def test_operation_from_json_refuses_bad_lines_with_value_error(line: Any) -> No
         operation_from_json(line)
 
 
+def test_session_metadata_waits_for_the_recording_that_creates_the_session(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    # The session exists on Freeplay from its first recording: metadata that lands before
+    # it is a final 404. Sent side by side, the two would race.
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("hi"))
+        update_session_metadata({"ticket": "T-1"})
+    assert recorder_for(client).flush(10)
+    stats = recorder_stats(client)
+    assert (stats.sent, stats.failed) == (2, 0)
+    [stored] = server.sessions()
+    assert stored["id"] == session.session_id
+    assert stored["custom_metadata"] == {"ticket": "T-1"}
+    paths = [r.path for r in server.requests_received() if r.status < 300]
+    assert paths[0].endswith("/completions") and paths[1].endswith("/metadata")
+
+
 def test_background_delivers_every_kind_in_the_order_the_api_needs(
     client: Freeplay, server: LocalFreeplay
 ) -> None:

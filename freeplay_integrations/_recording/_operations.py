@@ -82,10 +82,17 @@ class Operation:
 
     `follows` names the operation this one must be sent after (the API needs the
     completion before its feedback, the trace before its metadata); `provides` names this
-    one for operations that follow it. Nothing else is ordered.
+    one for operations that follow it. A session exists on Freeplay from its first
+    recording, so an operation with `follows_session` (session metadata) is sent after the
+    session's recordings (`creates_session`) that were recorded before it. Nothing else is
+    ordered.
     """
 
     kind: ClassVar[str]
+    #: Records into the session, so that the session exists on Freeplay once it is sent.
+    creates_session: ClassVar[bool] = False
+    #: Needs the session to exist: sent after the session's earlier recordings.
+    follows_session: ClassVar[bool] = False
     _classes: ClassVar[dict[str, type[Operation]]] = {}
 
     __slots__ = (
@@ -232,6 +239,7 @@ class Completion(Operation):
     """`recordings.create(payload)`; the completion ID is fixed in the payload."""
 
     kind = COMPLETION
+    creates_session = True
     __slots__ = ("payload",)
 
     def __init__(self, project_id: str, session_id: str, payload: RecordPayload) -> None:
@@ -268,6 +276,7 @@ class Trace(Operation):
     """`TraceInfo.record_output`: the trace, its input and output, ending at `end_time`."""
 
     kind = TRACE
+    creates_session = True
     __slots__ = ("data",)
 
     def __init__(self, project_id: str, session_id: str, data: Mapping[str, Any]) -> None:
@@ -395,6 +404,7 @@ class SessionMetadata(Operation):
     """`metadata.update_session`."""
 
     kind = SESSION_METADATA
+    follows_session = True
     __slots__ = ("metadata",)
 
     def __init__(self, project_id: str, session_id: str, metadata: Mapping[str, Any]) -> None:

@@ -312,6 +312,9 @@ class Recorder:
         with self._cond:
             if isinstance(op, DeleteSession):
                 deps = self._cancel_locked(op.session_id)
+            elif op.follows_session:
+                earlier = self._by_session.get(op.session_id, ())
+                deps = [other for other in earlier if other.creates_session]
             else:
                 deps = []
                 follows = op.follows

@@ -253,11 +253,13 @@ def drain(
                     continue
                 todo.append((op, line_base))
             # Concurrently, in waves that keep the order the API needs: what follows
-            # nothing, then what follows another operation, then session deletes.
+            # nothing, then what follows another operation or its session's recordings,
+            # then session deletes.
             waves: list[list[tuple[Operation, str]]] = [[], [], []]
             for item in todo:
                 op = item[0]
-                waves[2 if op.kind == DELETE_SESSION else 1 if op.follows else 0].append(item)
+                later = op.follows is not None or op.follows_session
+                waves[2 if op.kind == DELETE_SESSION else 1 if later else 0].append(item)
             for wave in waves:
                 if giving_up:
                     keep.extend(spool_line(op, base, "kept by a drain") for op, base in wave)

@@ -163,6 +163,8 @@ def recorded_turns(server: LocalFreeplay, session_id: str, count: int) -> list[R
     assert len(traces) == count, traces
     assert len(completions) == 2 * count, completions
     turns = []
+    # Sent concurrently: traces arrive in any order; a conversation's turns are in time order.
+    traces.sort(key=lambda t: (t["start_time"] is None, t["start_time"] or 0))
     for trace in traces:
         assert trace["name"] == TRACE_NAME
         children = [c for c in completions if c["parent_id"] == trace["id"]]

@@ -554,7 +554,9 @@ TAMPERS = (
 )
 
 
-def tamper(token: str, kind: str, rnd: Any, other_secret: str, secret: str) -> str:
+def tamper(
+    token: str, kind: str, rnd: Any, other_secret: str, secret: str, issued: float | None = None
+) -> str:
     """`token` (`<uuid>.<signature>`, signed with `secret`) changed the way `kind` says, with
     `rnd` (a `random.Random`) choosing positions and characters. The result may, rarely, still
     be valid (a hex letter of the ID flipped to its other case): the caller asks the
@@ -572,10 +574,11 @@ def tamper(token: str, kind: str, rnd: Any, other_secret: str, secret: str) -> s
     if kind == "extend":
         return token + "".join(rnd.choice(TAMPER_ALPHABET) for _ in range(rnd.randint(1, 6)))
     if kind == "swap-signature":
-        other = reference_sign(str(uuid.UUID(int=rnd.getrandbits(128), version=4)), secret)
+        other_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+        other = reference_sign(other_id, secret, issued)
         return session_id + "." + other.partition(".")[2]
     if kind == "other-secret":
-        return reference_sign(session_id.lower(), other_secret)
+        return reference_sign(session_id.lower(), other_secret, issued)
     if kind == "signature-case":
         return session_id + "." + signature.swapcase()
     if kind == "signature-letter-case":

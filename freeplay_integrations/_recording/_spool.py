@@ -305,7 +305,12 @@ def _send_all(
     if concurrency <= 1:
         worker()  # in this thread: whatever `send` raises reaches the caller
         return outcomes
-    threads = [threading.Thread(target=worker) for _ in range(min(concurrency, len(ops)))]
+    # Daemon threads, as the recorder's own: a drain must never keep a process from exiting
+    # (what it has not sent stays in the draining file for the next drain).
+    threads = [
+        threading.Thread(target=worker, name="freeplay-recorder-drain-send", daemon=True)
+        for _ in range(min(concurrency, len(ops)))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -56,8 +56,16 @@ class FreeplaySessionMiddleware:
     configuration reference), validated here: a mistake raises `ConfigurationError` now.
     """
 
-    def __init__(self, app: ASGIApp, /, **options: Unpack[FreeplayOptions]) -> None:
-        self._setup(app, Settings.from_options(options))
+    if TYPE_CHECKING:
+
+        def __init__(self, app: ASGIApp, /, **options: Unpack[FreeplayOptions]) -> None: ...
+
+    else:
+
+        def __init__(self, *args, **options):
+            # Typed positional-only, but Starlette before 0.37 and Litestar's
+            # DefineMiddleware build middleware with `app=` by keyword.
+            self._setup(_take_app(args, options), Settings.from_options(options))
 
     @classmethod
     def configure(cls, **options: Unpack[FreeplayOptions]) -> Callable[[ASGIApp], ASGIApp]:
@@ -72,7 +80,7 @@ class FreeplaySessionMiddleware:
         """
         settings = Settings.from_options(options)
 
-        def factory(app: ASGIApp, /) -> ASGIApp:
+        def factory(app: ASGIApp) -> ASGIApp:  # by keyword too, like __init__
             middleware = cls.__new__(cls)
             middleware._setup(app, settings)
             return middleware
@@ -267,3 +275,15 @@ async def _in_thread(function: Any, *args: Any) -> Any:
     except ImportError:
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
     return await anyio.to_thread.run_sync(function, *args)
+
+
+def _take_app(args: tuple[Any, ...], options: dict[str, Any]) -> ASGIApp:
+    """The wrapped app, given first or as `app=`; a clear TypeError otherwise."""
+    if len(args) == 1 and "app" not in options:
+        return args[0]  # type: ignore[no-any-return]
+    if not args and "app" in options:
+        return options.pop("app")  # type: ignore[no-any-return]
+    raise TypeError(
+        "FreeplaySessionMiddleware takes the ASGI app as its one positional argument "
+        "(or app=), and every option by keyword"
+    )

@@ -700,6 +700,7 @@ def test_the_fastapi_cli_finds_a_readme_shaped_app(
     import sys
 
     from fastapi_cli import discover
+
     (tmp_path / "main.py").write_text(
         "from fastapi import FastAPI\n"
         "from freeplay_integrations.asgi import FreeplaySessionMiddleware\n"
@@ -723,3 +724,25 @@ def test_the_fastapi_cli_finds_a_readme_shaped_app(
         assert app.dependency_overrides == {}
     finally:
         sys.modules.pop("main", None)
+
+
+def test_the_app_can_be_given_by_keyword_as_older_starlette_does(client: Freeplay) -> None:
+    """Starlette before 0.37 builds each middleware as `cls(app=app, **options)`."""
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        body = require_session().session_id.encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    options: dict[str, Any] = {"client": client, "project_id": PROJECT_ID}
+    for app in (
+        FreeplaySessionMiddleware(app=inner, **options),  # type: ignore[call-arg]
+        FreeplaySessionMiddleware.configure(**options)(app=inner),
+    ):
+        response = TestClient(app).get("/")  # no lifespan: `inner` serves HTTP only
+        assert response.text == response.headers[HEADER]
+
+    with pytest.raises(TypeError, match="one positional argument"):
+        FreeplaySessionMiddleware(inner, app=inner, **options)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="one positional argument"):
+        FreeplaySessionMiddleware(**options)  # type: ignore[call-arg]

@@ -107,3 +107,26 @@ def test_lifespan_shutdown_delivers_what_is_queued(freeplay_local: LocalFreeplay
     # serve_asgi has returned: uvicorn ran the lifespan shutdown, which flushed.
 
     assert len(freeplay_local.completions(session_id)) == 1
+
+
+def test_litestars_own_middleware_list_builds_it_with_app_by_keyword(
+    freeplay_local: LocalFreeplay,
+) -> None:
+    """`DefineMiddleware` calls `FreeplaySessionMiddleware(app=..., **options)`."""
+    from litestar.middleware import DefineMiddleware
+
+    @litestar.get("/who")
+    async def who() -> str:
+        return require_session().session_id
+
+    middleware = DefineMiddleware(
+        FreeplaySessionMiddleware,
+        client=freeplay_local.client(),
+        project_id=freeplay_local.project_id,
+    )
+    app = litestar.Litestar(route_handlers=[who], middleware=[middleware])
+    with TestClient(app) as client:
+        first = client.get("/who")
+        second = client.get("/who")  # the cookie carries the conversation on
+
+    assert first.text == second.text == first.headers[HEADER]

@@ -42,11 +42,15 @@ def _mypy(path: Path) -> tuple[int, str]:
             "--cache-dir=/dev/null",
             "--config-file=",
             "--python-version=3.10",
+            "--explicit-package-bases",  # the file alone, not the checkout above it
             str(path),
         ],
         capture_output=True,
         text=True,
         timeout=300,
+        # As a user's project: the package is the installed one, not this checkout's
+        # source, which mypy would check as the user's own code from the repo root.
+        cwd=HERE,
     )
     return result.returncode, result.stdout + result.stderr
 

@@ -167,6 +167,41 @@ def test_with_a_freeplay_key_the_app_records_there_and_no_local_server_starts(
     assert [s["id"] for s in freeplay_local.sessions()] == [session_id]
 
 
+@pytest.mark.parametrize("app", APPS)
+def test_with_recording_otel_the_model_calls_arrive_as_spans_in_their_session(
+    app: str, freeplay_local: LocalFreeplay, tmp_path: Path
+) -> None:
+    # No record() call: the OpenAI SDK (instrumented with OpenInference) calls the local
+    # OpenAI-compatible server, and its spans reach Freeplay's OTLP route with the session.
+    app_port = free_port()
+    log = tmp_path / "demo.log"
+    env = demo_env(**freeplay_local.env())
+    args = ("--app", app, "--port", str(app_port), "--recording", "otel")
+    with run_demo(log, *args, env=env) as process:
+        output = wait_for_text(log, READY, process)
+        assert "OpenTelemetry spans (OpenInference), no record() call" in output
+        session_id = chat_twice(f"http://127.0.0.1:{app_port}")
+        freeplay_local.wait_for(lambda: len(freeplay_local.spans(session_id)) == 4, timeout=15)
+        assert stop(process) == 0
+    spans = freeplay_local.spans(session_id)
+    traces = {t["id"] for t in freeplay_local.traces(session_id)}
+    assert len(traces) == 2
+    assert freeplay_local.completions() == []  # nothing came through record()
+    assert freeplay_local.spans("no session") == []
+    for span in spans:
+        attributes = span["attributes"]
+        assert attributes["openinference.span.kind"] == "LLM"
+        assert attributes["freeplay.session.id"] == session_id
+        assert attributes["session.id"] == session_id
+        assert attributes["freeplay.trace.id"] in traces
+        assert attributes["llm.model_name"] == "local-echo-1"
+        assert attributes["llm.token_count.completion"] > 0
+    # Two LLM calls per turn (the rewrite, then the answer), in each of the two traces.
+    per_trace = [s["attributes"]["freeplay.trace.id"] for s in spans]
+    assert sorted(per_trace.count(t) for t in traces) == [2, 2]
+    assert [s["id"] for s in freeplay_local.sessions()] == [session_id]
+
+
 def test_a_freeplay_key_without_a_project_is_refused_with_what_to_set(tmp_path: Path) -> None:
     log = tmp_path / "demo.log"
     with run_demo(log, env=demo_env(FREEPLAY_API_KEY="a-real-key")) as process:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from freeplay_integrations import current_session
 from freeplay_integrations.local import LocalFreeplay
 
 SCRIPT = ROOT / "example_apps" / "run_demo.py"
+HEADER = "X-Freeplay-Session-Id"
 READY = "Press Ctrl-C to stop."
 STOPPED = "Demo stopped."
 TIMEOUT = 30.0
@@ -180,8 +182,18 @@ def test_with_recording_otel_the_model_calls_arrive_as_spans_in_their_session(
     with run_demo(log, *args, env=env) as process:
         output = wait_for_text(log, READY, process)
         assert "OpenTelemetry spans (OpenInference), no record() call" in output
-        session_id = chat_twice(f"http://127.0.0.1:{app_port}")
+        app_url = f"http://127.0.0.1:{app_port}"
+        session_id = chat_twice(app_url)
         freeplay_local.wait_for(lambda: len(freeplay_local.spans(session_id)) == 4, timeout=15)
+        # The thumbs rate the turn's trace: the answer has no completion ID in the app.
+        with httpx.Client(base_url=app_url, timeout=10, headers={HEADER: session_id}) as http:
+            [turn, _] = http.get("/api/conversation").json()["turns"]
+            assert turn["completion_id"] is None
+            vote = {"completion_id": None, "trace_id": turn["trace_id"], "vote": "up"}
+            assert http.post("/api/feedback", json=vote).status_code == 200
+            unknown = {**vote, "trace_id": str(uuid.uuid4())}
+            assert http.post("/api/feedback", json=unknown).status_code == 404
+        freeplay_local.wait_for(lambda: freeplay_local.feedback(turn["trace_id"], kind="trace"))
         assert stop(process) == 0
     spans = freeplay_local.spans(session_id)
     traces = {t["id"] for t in freeplay_local.traces(session_id)}

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 __all__ = [
-    "CACHE_SIZE",
     "DEFAULT_SESSION_ATTRIBUTES",
     "DEFAULT_TRACE_ATTRIBUTE",
     "OTLP_TRACES_PATH",
@@ -66,7 +65,7 @@ def _hash(value: str) -> str:
 
 
 #: How many sessions (and session-trace pairs) a processor keeps the attributes of.
-CACHE_SIZE = 4096
+_CACHE_SIZE = 4096
 
 
 class FreeplaySessionSpanProcessor(SpanProcessor):
@@ -78,8 +77,9 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
     of the IDs, for providers whose spans go elsewhere than Freeplay. Spans started outside a
     session are left alone.
 
-    The attributes of a session (and of a session's trace) are built once and kept (the
-    last `CACHE_SIZE`), so that a span costs a lookup and one write.
+    The attributes of a session (and of a session's trace) are built once and kept, up to
+    4,096 of them (the cache starts over when full), so that a span costs a lookup and one
+    write.
     """
 
     def __init__(
@@ -111,7 +111,7 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
             attributes[self.trace_attribute] = _hash(trace_id) if self.hashed else trace_id
         cached = (attributes, max(map(len, attributes.values()), default=0))
         cache = self._cache
-        if len(cache) >= CACHE_SIZE:
+        if len(cache) >= _CACHE_SIZE:
             cache.clear()  # a new generation; the sessions in use are back within a span
         cache[key] = cached
         return cached

@@ -45,6 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: its own folder is on the path, not ROOT
     sys.path.insert(0, str(ROOT))
 
+from example_apps.common.llm import ENV_RESPONDER  # noqa: E402
+from example_apps.common.openai_local import MODEL as LOCAL_OPENAI_MODEL  # noqa: E402
 from example_apps.common.otel import ENV_RECORDING, RECORDINGS  # noqa: E402
 
 __all__ = ["APPS", "ROOT", "app_command", "main"]
@@ -204,7 +206,9 @@ def _start_openai_local(
     children.append(("the local OpenAI-compatible server", process))
     url = f"http://{host}:{port}/v1"
     _wait_until_up(f"{url}/models", process, "The local OpenAI-compatible server", stopping)
-    env.update(OPENAI_BASE_URL=url, OPENAI_API_KEY=LOCAL_OPENAI_KEY, OPENAI_MODEL="local-echo-1")
+    env.update(
+        OPENAI_BASE_URL=url, OPENAI_API_KEY=LOCAL_OPENAI_KEY, OPENAI_MODEL=LOCAL_OPENAI_MODEL
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -257,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.recording == "otel":
             env[ENV_RECORDING] = "otel"
-            env["DEMO_RESPONDER"] = "openai"
+            env[ENV_RESPONDER] = "openai"
             env.setdefault("OTEL_BSP_SCHEDULE_DELAY", OTEL_EXPORT_DELAY_MS)
             if not env.get("OPENAI_API_KEY"):
                 _start_openai_local(host, env, children, stopping)

@@ -134,7 +134,8 @@ def test_demo_serves_the_app_recording_into_the_local_freeplay_server(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             sessions = httpx.get(f"{freeplay_url}/ui/api/sessions", timeout=5).json()
-            if sessions and sessions[0]["trace_count"] == 2:
+            # Delivered in the background, concurrently: wait for the completions too.
+            if sessions and (sessions[0]["trace_count"], sessions[0]["completion_count"]) == (2, 4):
                 break
             time.sleep(0.05)
         [session] = sessions

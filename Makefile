@@ -11,6 +11,7 @@ PIP := $(BIN)/python -m pip
 VENV_STAMP := $(VENV)/.venv
 DEV_STAMP := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed-demo
+DEMO_OTEL_STAMP := $(VENV)/.installed-demo-otel
 DIST_DIR ?= $(VENV)/dist
 
 .PHONY: install test lint typecheck pytest dist-check demo demo-fastapi demo-flask demo-django bench bench-pytest reliability clean
@@ -29,6 +30,11 @@ $(DEV_STAMP): pyproject.toml $(VENV_STAMP)
 $(DEMO_STAMP): pyproject.toml $(VENV_STAMP)
 	$(PIP) install --quiet -e . --group demo
 	touch $(DEMO_STAMP)
+
+# The same, plus OpenTelemetry, OpenInference and the OpenAI SDK (make demo RECORDING=otel).
+$(DEMO_OTEL_STAMP): pyproject.toml $(VENV_STAMP)
+	$(PIP) install --quiet -e '.[opentelemetry]' --group demo-otel
+	touch $(DEMO_OTEL_STAMP)
 
 install: $(DEV_STAMP)
 
@@ -54,14 +60,17 @@ test: lint typecheck pytest dist-check
 # The example chat app (FastAPI, Flask or Django) and the local Freeplay page; Ctrl-C stops
 # both. Pass options with DEMO_ARGS, e.g. make demo DEMO_ARGS="--port 8001 --db :memory:".
 # With OPENAI_API_KEY or ANTHROPIC_API_KEY set, the provider's SDK is installed and used.
+# RECORDING=otel: the model calls are recorded as OpenTelemetry spans (OpenInference on the
+# OpenAI SDK), with no record() call; that installs the `demo-otel` group too.
 DEMO_ARGS ?=
+RECORDING ?= record
 
 demo: demo-fastapi
 
-demo-fastapi demo-flask demo-django: $(DEMO_STAMP)
+demo-fastapi demo-flask demo-django: $(if $(filter otel,$(RECORDING)),$(DEMO_OTEL_STAMP),$(DEMO_STAMP))
 	@if [ -n "$$OPENAI_API_KEY$$ANTHROPIC_API_KEY" ]; then \
 		$(PIP) install --quiet -r example_apps/requirements.txt; fi
-	$(BIN)/python example_apps/run_demo.py --app $(@:demo-%=%) $(DEMO_ARGS)
+	$(BIN)/python example_apps/run_demo.py --app $(@:demo-%=%) --recording $(RECORDING) $(DEMO_ARGS)
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/asgi_overhead.py

@@ -4,10 +4,17 @@
     python example_apps/run_demo.py                 # FastAPI app on :8000, Freeplay page on :8765
     python example_apps/run_demo.py --app flask     # or django
     python example_apps/run_demo.py --port 8001 --freeplay-port 8766 --db :memory:
+    python example_apps/run_demo.py --recording otel  # model calls as OpenTelemetry spans
 
 Starts two child processes, the local Freeplay server (`python -m
 freeplay_integrations.local`) and the chosen app, points the app at the local server, prints
 both URLs, and on Ctrl-C (or SIGTERM) stops the app, then the server, and exits 0.
+
+`--recording otel` (`make demo RECORDING=otel`): the app makes no `record()` call; its
+model calls go through the OpenAI SDK, instrumented with OpenInference, and reach Freeplay
+as OpenTelemetry spans carrying the session (`example_apps/common/otel.py`). Without
+`OPENAI_API_KEY`, a third child serves the local responder over the OpenAI API
+(`example_apps/common/openai_local.py`) and the SDK is pointed at it.
 
 With `FREEPLAY_API_KEY` set (and `FREEPLAY_PROJECT_ID`, and `FREEPLAY_API_BASE` for your
 Freeplay domain), no local server is started: the app records into real Freeplay.
@@ -33,13 +40,24 @@ from typing import Any
 
 from freeplay_integrations.local import DEFAULT_PROJECT_ID
 
-__all__ = ["APPS", "ROOT", "app_command", "main"]
-
 #: The repository root: the children run there, so `example_apps` is importable.
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: its own folder is on the path, not ROOT
+    sys.path.insert(0, str(ROOT))
+
+from example_apps.common.llm import ENV_RESPONDER  # noqa: E402
+from example_apps.common.openai_local import MODEL as LOCAL_OPENAI_MODEL  # noqa: E402
+from example_apps.common.otel import ENV_RECORDING, RECORDINGS  # noqa: E402
+
+__all__ = ["APPS", "ROOT", "app_command", "main"]
+
 APPS = ("fastapi", "flask", "django")
 LOCAL_API_KEY = "freeplay-local-key"
 LOCAL_PROJECT_ID = DEFAULT_PROJECT_ID
+#: The key the OpenAI SDK sends to the local OpenAI-compatible server (which ignores it).
+LOCAL_OPENAI_KEY = "openai-local-key"
+#: Milliseconds between span exports (`--recording otel`): the page updates within a second.
+OTEL_EXPORT_DELAY_MS = "500"
 #: The chat's prompt templates (example_apps.common.chat.TEMPLATES_DIR), served locally.
 TEMPLATES_DIR = ROOT / "example_apps" / "common" / "templates"
 #: Seconds each child gets to stop after SIGINT before it is killed.
@@ -162,7 +180,35 @@ def _parser() -> argparse.ArgumentParser:
         default="freeplay-local.sqlite3",
         help="local Freeplay's SQLite file, :memory: to keep nothing (default: ./%(default)s)",
     )
+    parser.add_argument(
+        "--recording",
+        choices=RECORDINGS,
+        default="record",
+        help="record: record() calls; otel: OpenTelemetry spans from the OpenInference-"
+        "instrumented OpenAI SDK (default: %(default)s)",
+    )
     return parser
+
+
+def _start_openai_local(
+    host: str,
+    env: dict[str, str],
+    children: list[tuple[str, subprocess.Popen[bytes]]],
+    stopping: threading.Event,
+) -> None:
+    """Serve the local responder over the OpenAI API and point the app's SDK at it."""
+    port = _free_port(host)
+    command = [
+        sys.executable, "-m", "example_apps.common.openai_local",
+        "--host", host, "--port", str(port),
+    ]  # fmt: skip
+    process = _spawn(command, env, stdout=subprocess.DEVNULL)
+    children.append(("the local OpenAI-compatible server", process))
+    url = f"http://{host}:{port}/v1"
+    _wait_until_up(f"{url}/models", process, "The local OpenAI-compatible server", stopping)
+    env.update(
+        OPENAI_BASE_URL=url, OPENAI_API_KEY=LOCAL_OPENAI_KEY, OPENAI_MODEL=LOCAL_OPENAI_MODEL
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -213,12 +259,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 FREEPLAY_PROJECT_ID=LOCAL_PROJECT_ID,
                 DEMO_FREEPLAY_UI=freeplay_url,
             )
+        if args.recording == "otel":
+            env[ENV_RECORDING] = "otel"
+            env[ENV_RESPONDER] = "openai"
+            env.setdefault("OTEL_BSP_SCHEDULE_DELAY", OTEL_EXPORT_DELAY_MS)
+            if not env.get("OPENAI_API_KEY"):
+                _start_openai_local(host, env, children, stopping)
         app = _spawn(app_command(args.app, host, app_port), env)
         children.insert(0, (f"the {args.app} app", app))
         app_url = f"http://{host}:{app_port}"
         _wait_until_up(f"{app_url}/healthz", app, f"The {args.app} app", stopping)
 
         print(f"\nExample chat ({args.app}): {app_url}/", flush=True)
+        if args.recording == "otel":
+            print("Model calls: OpenTelemetry spans (OpenInference), no record() call")
         if freeplay_url is not None:
             print(f"Local Freeplay:  {freeplay_url}/  (sessions, traces, completions)")
         else:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import trace as _trace_api
+    from opentelemetry.attributes import BoundedAttributes
     from opentelemetry.context import Context
     from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -63,6 +64,10 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode("ascii")).hexdigest()[:32]
 
 
+#: How many sessions (and session-trace pairs) a processor keeps the attributes of.
+_CACHE_SIZE = 4096
+
+
 class FreeplaySessionSpanProcessor(SpanProcessor):
     """Tags every span started while a Freeplay session is bound with its session ID.
 
@@ -71,6 +76,10 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
     `trace_scope`'s trace ID (None: not set). ``hashed=True`` sets a SHA-256 digest instead
     of the IDs, for providers whose spans go elsewhere than Freeplay. Spans started outside a
     session are left alone.
+
+    The attributes of a session (and of a session's trace) are built once and kept, up to
+    4,096 of them (the cache starts over when full), so that a span costs a lookup and one
+    write.
     """
 
     def __init__(
@@ -85,20 +94,39 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
         self.session_attributes = tuple(session_attributes)
         self.trace_attribute = trace_attribute or None
         self.hashed = hashed
+        # session ID, or (session ID, trace ID) -> (attributes, longest value)
+        self._cache: dict[Any, tuple[dict[str, str], int]] = {}
+
+    def _attributes(self, key: Any) -> tuple[dict[str, str], int]:
+        found = self._cache.get(key)
+        if found is not None:
+            return found
+        session_id: str
+        trace_id: str | None
+        session_id, trace_id = key if isinstance(key, tuple) else (key, None)
+        if self.hashed:
+            session_id = _hash(session_id)
+        attributes: dict[str, str] = dict.fromkeys(self.session_attributes, session_id)
+        if trace_id is not None and self.trace_attribute is not None:
+            attributes[self.trace_attribute] = _hash(trace_id) if self.hashed else trace_id
+        cached = (attributes, max(map(len, attributes.values()), default=0))
+        cache = self._cache
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()  # a new generation; the sessions in use are back within a span
+        cache[key] = cached
+        return cached
+
+    def _key(self, binding: SessionBinding) -> Any:
+        session_id = binding.session_id
+        if self.trace_attribute is not None and binding.open_traces:
+            trace = current_trace()
+            if trace is not None:
+                return (session_id, str(trace.trace_id))
+        return session_id
 
     def tag(self, span: Any, binding: SessionBinding) -> None:
         """Set the session (and trace) attributes of `binding` on `span`."""
-        session_id = binding.session_id
-        if self.hashed:
-            session_id = _hash(session_id)
-        # One call, one lock on the SDK span (set_attribute takes it once per name).
-        span.set_attributes(dict.fromkeys(self.session_attributes, session_id))
-        trace_attribute = self.trace_attribute
-        if trace_attribute is not None and binding.open_traces:
-            trace = current_trace()
-            if trace is not None:
-                trace_id = str(trace.trace_id)
-                span.set_attribute(trace_attribute, _hash(trace_id) if self.hashed else trace_id)
+        span.set_attributes(self._attributes(self._key(binding))[0])
 
     def tag_current_span(self, binding: SessionBinding) -> None:
         """Tag the span current now (e.g. the server span), if it records: the bind hook."""
@@ -108,8 +136,37 @@ class FreeplaySessionSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         binding = current_binding()
-        if binding is not None:
-            self.tag(span, binding)
+        if binding is None:
+            return
+        key = self._key(binding) if binding.open_traces else binding.session_id
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._attributes(key)
+        attributes, longest = cached
+        # What `span.set_attributes(attributes)` does, without its per-call cleaning and
+        # locks: the values are strings checked once (`longest` is the longest's length),
+        # and `on_start` runs in the thread creating the span, before `start_span` returns
+        # it to anyone (one `dict.update` of str keys is atomic anyway). Only for the SDK's
+        # own attribute type on a span not ended, when the span's limits leave room for
+        # every value (nothing truncated or dropped); else the public call, so the
+        # attributes come out the same either way.
+        try:
+            bounded: Any = span._attributes
+            store = bounded._dict
+            maxlen = bounded.maxlen
+            max_value_len = bounded.max_value_len
+            fast = (
+                type(bounded) is BoundedAttributes
+                and span._end_time is None
+                and (maxlen is None or len(store) + len(attributes) <= maxlen)
+                and (max_value_len is None or longest <= max_value_len)
+            )
+        except AttributeError:  # pragma: no cover - another span type or SDK layout
+            fast = False
+        if fast:
+            store.update(attributes)
+        else:
+            span.set_attributes(attributes)
 
     def on_end(self, span: ReadableSpan) -> None:
         pass

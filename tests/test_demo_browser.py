@@ -4,6 +4,10 @@ For each example app (FastAPI, Flask, Django): two messages, "New conversation",
 message; then the local Freeplay page must show exactly two sessions, with two and one
 traces. Screenshots of each step are saved under `test-artifacts/browser/<app>/`.
 
+The same again with `--recording otel` (FastAPI and Flask: the async and the sync OpenAI
+client): no `record()` call, the model calls are OpenInference spans exported to the local
+Freeplay, and each session's page shows its LLM completions from those spans.
+
 `UPDATE_DOCS=1` also copies the session page's screenshot to `docs/local-freeplay.png`
 (the README's picture).
 
@@ -83,22 +87,24 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(params=["fastapi", "flask", "django"])
+@pytest.fixture(params=["fastapi", "flask", "django", "fastapi-otel", "flask-otel"])
 def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
     """`run_demo.py` (an example app + local Freeplay server) on free ports, stopped after."""
-    app = str(request.param)
+    name = str(request.param)
+    app, _, recording = name.partition("-")
+    recording = recording or "record"
     app_port, freeplay_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FREEPLAY_", "DEMO_"))}
     env.pop("OPENAI_API_KEY", None)
     env.pop("ANTHROPIC_API_KEY", None)
     env["DEMO_TOKEN_DELAY"] = "0.005"  # streamed visibly, yet fast
-    artifacts = ARTIFACTS / app
+    artifacts = ARTIFACTS / name
     artifacts.mkdir(parents=True, exist_ok=True)
     log = artifacts / "demo.log"
     command = [
         sys.executable, str(ROOT / "example_apps" / "run_demo.py"), "--app", app,
         "--port", str(app_port), "--freeplay-port", str(freeplay_port),
-        "--db", str(tmp_path / "freeplay.sqlite3"),
+        "--db", str(tmp_path / "freeplay.sqlite3"), "--recording", recording,
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -110,6 +116,7 @@ def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, s
             time.sleep(0.05)
         yield {
             "name": app,
+            "recording": recording,
             "app": f"http://127.0.0.1:{app_port}",
             "freeplay": f"http://127.0.0.1:{freeplay_port}",
             "artifacts": str(artifacts),
@@ -210,6 +217,18 @@ def test_two_conversations_show_up_as_two_sessions(demo: dict[str, str], browser
     expect(completions).to_have_count(4, timeout=WAIT_MS)
     parents = [str(completions.nth(i).get_attribute("data-parent-id")) for i in range(4)]
     assert sorted(parents) == sorted([*trace_ids, *trace_ids])
+    if demo["recording"] == "otel":
+        # No record() call: each completion is an OpenInference LLM span (a 16-hex span ID)
+        # with the model, the messages and the token counts the span carries.
+        ids = [str(completions.nth(i).get_attribute("data-completion-id")) for i in range(4)]
+        assert all(re.fullmatch(r"[0-9a-f]{16}", cid) for cid in ids), ids
+        for i in range(4):
+            expect(completions.nth(i).locator(".model")).to_contain_text("local-echo-1")
+            tokens = completions.nth(i).locator(".chip b").filter(has_text=re.compile("^total$"))
+            expect(tokens).to_have_count(1)
+        expect(completions.first.locator(".message.user").first).to_contain_text(
+            "What is Freeplay?"
+        )
     expect(page.locator(".feedback").first).to_contain_text("positive", timeout=WAIT_MS)
     shot(page, demo, "4-freeplay-session.png")
     shot(page, demo, "5-freeplay-session-full.png", full_page=True)

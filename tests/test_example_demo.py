@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from freeplay_integrations import current_session
 from freeplay_integrations.local import LocalFreeplay
 
 SCRIPT = ROOT / "example_apps" / "run_demo.py"
+HEADER = "X-Freeplay-Session-Id"
 READY = "Press Ctrl-C to stop."
 STOPPED = "Demo stopped."
 TIMEOUT = 30.0
@@ -132,7 +134,8 @@ def test_demo_serves_the_app_recording_into_the_local_freeplay_server(
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             sessions = httpx.get(f"{freeplay_url}/ui/api/sessions", timeout=5).json()
-            if sessions and sessions[0]["trace_count"] == 2:
+            # Delivered in the background, concurrently: wait for the completions too.
+            if sessions and (sessions[0]["trace_count"], sessions[0]["completion_count"]) == (2, 4):
                 break
             time.sleep(0.05)
         [session] = sessions
@@ -164,6 +167,51 @@ def test_with_a_freeplay_key_the_app_records_there_and_no_local_server_starts(
         session_id = chat_twice(f"http://127.0.0.1:{app_port}")
         freeplay_local.wait_for(lambda: len(freeplay_local.traces(session_id)) == 2)
         assert stop(process) == 0
+    assert [s["id"] for s in freeplay_local.sessions()] == [session_id]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_with_recording_otel_the_model_calls_arrive_as_spans_in_their_session(
+    app: str, freeplay_local: LocalFreeplay, tmp_path: Path
+) -> None:
+    # No record() call: the OpenAI SDK (instrumented with OpenInference) calls the local
+    # OpenAI-compatible server, and its spans reach Freeplay's OTLP route with the session.
+    app_port = free_port()
+    log = tmp_path / "demo.log"
+    env = demo_env(**freeplay_local.env())
+    args = ("--app", app, "--port", str(app_port), "--recording", "otel")
+    with run_demo(log, *args, env=env) as process:
+        output = wait_for_text(log, READY, process)
+        assert "OpenTelemetry spans (OpenInference), no record() call" in output
+        app_url = f"http://127.0.0.1:{app_port}"
+        session_id = chat_twice(app_url)
+        freeplay_local.wait_for(lambda: len(freeplay_local.spans(session_id)) == 4, timeout=15)
+        # The thumbs rate the turn's trace: the answer has no completion ID in the app.
+        with httpx.Client(base_url=app_url, timeout=10, headers={HEADER: session_id}) as http:
+            [turn, _] = http.get("/api/conversation").json()["turns"]
+            assert turn["completion_id"] is None
+            vote = {"completion_id": None, "trace_id": turn["trace_id"], "vote": "up"}
+            assert http.post("/api/feedback", json=vote).status_code == 200
+            unknown = {**vote, "trace_id": str(uuid.uuid4())}
+            assert http.post("/api/feedback", json=unknown).status_code == 404
+        freeplay_local.wait_for(lambda: freeplay_local.feedback(turn["trace_id"], kind="trace"))
+        assert stop(process) == 0
+    spans = freeplay_local.spans(session_id)
+    traces = {t["id"] for t in freeplay_local.traces(session_id)}
+    assert len(traces) == 2
+    assert freeplay_local.completions() == []  # nothing came through record()
+    assert freeplay_local.spans("no session") == []
+    for span in spans:
+        attributes = span["attributes"]
+        assert attributes["openinference.span.kind"] == "LLM"
+        assert attributes["freeplay.session.id"] == session_id
+        assert attributes["session.id"] == session_id
+        assert attributes["freeplay.trace.id"] in traces
+        assert attributes["llm.model_name"] == "local-echo-1"
+        assert attributes["llm.token_count.completion"] > 0
+    # Two LLM calls per turn (the rewrite, then the answer), in each of the two traces.
+    per_trace = [s["attributes"]["freeplay.trace.id"] for s in spans]
+    assert sorted(per_trace.count(t) for t in traces) == [2, 2]
     assert [s["id"] for s in freeplay_local.sessions()] == [session_id]
 
 

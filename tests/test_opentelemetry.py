@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from freeplay import Freeplay
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.applications import Starlette
@@ -36,6 +36,7 @@ from freeplay_integrations.flask import FreeplaySessions
 from freeplay_integrations.local import LocalFreeplay
 from freeplay_integrations.opentelemetry import (
     FreeplaySessionSpanProcessor,
+    _hash,
     freeplay_span_exporter,
     instrument_tracer_provider,
 )
@@ -275,6 +276,94 @@ def test_configurable_and_hashed_attributes(freeplay_local: LocalFreeplay) -> No
     assert session.session_id not in str(attributes)
     with pytest.raises(TypeError):
         FreeplaySessionSpanProcessor(session_attributes="freeplay.session.id")
+
+
+class _PublicOnly(FreeplaySessionSpanProcessor):
+    """The processor as it would be with the SDK's public `set_attributes` only."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        binding = _context.current_binding()
+        if binding is not None:
+            self.tag(span, binding)
+
+
+def _tagged(processor: FreeplaySessionSpanProcessor, limits: Any, run: Any) -> list[Any]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(span_limits=limits)
+    provider.add_span_processor(processor)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    run(provider.get_tracer("t"))
+    return [
+        (s.name, dict(s.attributes or {}), s.dropped_attributes)
+        for s in exporter.get_finished_spans()
+    ]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        SpanLimits(),
+        SpanLimits(max_span_attributes=3),  # no room: the oldest attribute is dropped
+        SpanLimits(max_attribute_length=8),  # IDs truncated as the SDK truncates them
+    ],
+    ids=["default", "few-attributes", "short-values"],
+)
+@pytest.mark.parametrize("hashed", [False, True])
+def test_on_start_sets_what_the_public_set_attributes_sets(
+    freeplay_local: LocalFreeplay, limits: Any, hashed: bool
+) -> None:
+    # on_start writes the cached attributes without the SDK's per-call cleaning when the
+    # span's limits allow it, and goes through set_attributes when they do not: the spans
+    # must come out the same as with set_attributes alone, whatever the limits.
+    client = freeplay_local.client()
+    ids: list[str] = []
+
+    def run(tracer: Any) -> None:
+        ids.clear()
+        for _ in range(2):  # two sessions, one after the other, on one processor
+            with session_scope(client, project_id=freeplay_local.project_id) as session:
+                ids.append(session.session_id)
+                attributes = {"a": 1, "b": "two"}
+                with tracer.start_as_current_span("plain"):
+                    pass
+                with tracer.start_as_current_span("preset", attributes=attributes):
+                    pass
+                with trace_scope("q", name="turn"), tracer.start_as_current_span("traced"):
+                    pass
+        with tracer.start_as_current_span("outside"):
+            pass
+
+    fast = _tagged(FreeplaySessionSpanProcessor(hashed=hashed), limits, run)
+    fast_ids = list(ids)
+    public = _tagged(_PublicOnly(hashed=hashed), limits, run)
+
+    def anonymous(spans: list[Any], session_ids: list[str]) -> list[Any]:
+        # Each run has its own sessions and traces: compare with the IDs replaced.
+        names = {}
+        for index, sid in enumerate(session_ids):
+            names[sid] = f"session-{index}"
+            names[_hash(sid)] = f"session-{index}"
+            names[sid[:8]] = f"session-{index}"
+            names[_hash(sid)[:8]] = f"session-{index}"
+        out = []
+        for name, attributes, dropped in spans:
+            attrs = {
+                k: names.get(v, "<id>" if k == "freeplay.trace.id" else v)
+                for k, v in attributes.items()
+            }
+            out.append((name, attrs, dropped))
+        return out
+
+    assert anonymous(fast, fast_ids) == anonymous(public, ids)
+    by_name = {}
+    for name, attributes, _ in fast:
+        by_name.setdefault(name, []).append(attributes)
+    assert by_name["outside"] == [{}]
+    assert by_name["plain"][0][SESSION] != by_name["plain"][1][SESSION]  # per session
+    expected = _hash(fast_ids[0]) if hashed else fast_ids[0]
+    if limits.max_attribute_length == 8:
+        expected = expected[:8]
+    assert by_name["plain"][0][SESSION] == expected
 
 
 def test_no_listener_without_the_wiring_call() -> None:

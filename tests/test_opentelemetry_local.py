@@ -13,7 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
-from freeplay_integrations import session_scope
+from freeplay_integrations import session_scope, trace_scope
 from freeplay_integrations.local import LocalFreeplay
 from freeplay_integrations.local._otlp import NO_SESSION
 from freeplay_integrations.opentelemetry import (
@@ -290,3 +290,46 @@ def test_session_page_shows_llm_spans_as_completions(freeplay_local: LocalFreepl
     assert no_session.status_code == 200
     assert "health-check" in no_session.text and "answer-question" not in no_session.text
     assert freeplay_local.session(session) is not None
+
+    # The index counts the spans (one LLM completion, one step), takes the conversation's
+    # title from the LLM span's user message, and links to the spans without a session.
+    index = httpx.get(f"{freeplay_local.url}/", timeout=10).text
+    row = index[index.index(f'data-session-id="{session}"') :]
+    assert '<span class="first-message">What is OTLP?</span>' in row
+    assert 'completion-count">1<' in row and 'trace-count">1<' in row
+    assert '<a class="no-session-link" href="/sessions/no-session">' in index
+    assert '<span class="no-session-count">1</span> OpenTelemetry span without' in index
+    fragment = httpx.get(f"{freeplay_local.url}/ui/fragments/sessions", timeout=10).text
+    assert 'href="/sessions/no-session"' in fragment and 'completion-count">1<' in fragment
+
+
+def test_llm_spans_without_a_parent_span_sit_under_their_trace_scope(
+    freeplay_local: LocalFreeplay,
+) -> None:
+    # Spans started inside a trace_scope carry freeplay.trace.id: with no parent span on
+    # the page, that trace is their parent (the demo's RECORDING=otel turns look so).
+    provider = TracerProvider()
+    remove = instrument_tracer_provider(
+        provider, freeplay_local.client(), project_id=freeplay_local.project_id
+    )
+    tracer = provider.get_tracer("app")
+    try:
+        with (
+            session_scope(freeplay_local.client(), project_id=freeplay_local.project_id) as s,
+            trace_scope("question?", name="turn") as trace,
+            tracer.start_as_current_span("ChatCompletion") as span,
+        ):
+            span.set_attribute("openinference.span.kind", "LLM")
+            with tracer.start_as_current_span("tool"):
+                pass
+        assert provider.force_flush(10_000)
+    finally:
+        remove()
+        provider.shutdown()
+    freeplay_local.wait_for(lambda: freeplay_local.traces(s.session_id))
+    page = httpx.get(f"{freeplay_local.url}/ui/api/sessions/{s.session_id}", timeout=10).json()
+    [completion] = page["completions"]
+    assert completion["parent_id"] == trace.trace_id
+    by_name = {t["name"]: t for t in page["traces"]}
+    assert by_name["tool"]["parent_id"] == completion["id"]  # its parent span is on the page
+    assert by_name["turn"]["id"] == trace.trace_id

@@ -32,12 +32,14 @@ from freeplay_integrations import (
     new_session,
     record,
     record_feedback,
+    record_trace_feedback,
     require_session,
     trace_scope,
 )
 from freeplay_integrations._context import require_binding
 
 from .llm import Message, Responder
+from .otel import ENV_RECORDING, recording_from_env, start_tracing
 
 __all__ = [
     "AGENT_NAME",
@@ -137,14 +139,20 @@ class Turn:
     message: str
     question: str
     answer: str
-    completion_id: str
+    #: The answer's completion (None with `recording="otel"`: its span becomes one).
+    completion_id: str | None
     trace_id: str
+
+    @property
+    def feedback_id(self) -> str:
+        """What the thumbs rate: the answer's completion, else the turn's trace."""
+        return self.completion_id or self.trace_id
 
 
 @dataclass
 class _Conversation:
     turns: list[Turn] = field(default_factory=list)
-    votes: dict[str, str] = field(default_factory=dict)  # completion ID -> "up" / "down"
+    votes: dict[str, str] = field(default_factory=dict)  # Turn.feedback_id -> "up" / "down"
 
 
 class Conversations:
@@ -161,16 +169,16 @@ class Conversations:
             return [] if conversation is None else list(conversation.turns)
 
     def votes(self, session_id: str) -> dict[str, str]:
-        """The last vote given to each answer of the conversation, by completion ID."""
+        """The last vote given to each answer of the conversation, by `Turn.feedback_id`."""
         with self._lock:
             conversation = self._items.get(session_id)
             return {} if conversation is None else dict(conversation.votes)
 
-    def vote(self, session_id: str, completion_id: str, vote: str) -> None:
+    def vote(self, session_id: str, feedback_id: str, vote: str) -> None:
         with self._lock:
             conversation = self._items.get(session_id)
             if conversation is not None:
-                conversation.votes[completion_id] = vote
+                conversation.votes[feedback_id] = vote
 
     def add(self, session_id: str, turn: Turn) -> None:
         with self._lock:
@@ -187,11 +195,30 @@ class Chat:
     `framework` is shown on the page. `freeplay_ui` (the local Freeplay page, e.g.
     `http://127.0.0.1:8765`) only adds a link to the conversation's page in
     `conversation()`.
+
+    `recording` (default: `DEMO_RECORDING`, else `"record"`): `"record"` records each LLM
+    call with `record()`; `"otel"` makes no `record()` call: the OpenAI responder's calls
+    are OpenInference spans, tagged with the session and exported to Freeplay
+    (`otel.start_tracing()`), and the thumbs rate the turn's trace.
     """
 
     def __init__(
-        self, responder: Responder, *, framework: str = "", freeplay_ui: str | None = None
+        self,
+        responder: Responder,
+        *,
+        framework: str = "",
+        freeplay_ui: str | None = None,
+        recording: str | None = None,
     ) -> None:
+        env = None if recording is None else {ENV_RECORDING: recording}
+        self.recording = recording_from_env(env)
+        if self.recording == "otel":
+            if responder.provider != "openai":
+                raise ValueError(
+                    "recording='otel' records the OpenAI SDK's calls (OpenInference): use "
+                    f"the OpenAI responder (DEMO_RESPONDER=openai), not {responder!r}."
+                )
+            start_tracing()
         self.responder = responder
         self.framework = framework
         self.freeplay_ui = freeplay_ui.rstrip("/") if freeplay_ui else None
@@ -222,6 +249,7 @@ class Chat:
             "session_id": session_id,
             "freeplay_url": self._freeplay_url(session_id),
             "framework": self.framework,
+            "recording": self.recording,
             "responder": {"provider": self.responder.provider, "model": self.responder.model},
             "turns": [
                 {
@@ -229,7 +257,8 @@ class Chat:
                     "question": t.question,
                     "answer": t.answer,
                     "completion_id": t.completion_id,
-                    "vote": votes.get(t.completion_id),
+                    "trace_id": t.trace_id,
+                    "vote": votes.get(t.feedback_id),
                 }
                 for t in self.conversations.turns(session_id)
             ],
@@ -241,19 +270,29 @@ class Chat:
         return {"session_id": session_id, "freeplay_url": self._freeplay_url(session_id)}
 
     def feedback(self, body: Any) -> dict[str, Any]:
-        """Thumbs up/down for a completion of the current conversation."""
+        """Thumbs up/down for an answer of the current conversation: its completion
+        (`completion_id`), or its turn's trace (`trace_id`, when it has no completion ID:
+        `recording="otel"`)."""
         if not isinstance(body, Mapping):
             raise ChatError('Send a JSON body like {"completion_id": "...", "vote": "up"}.')
         vote, completion_id = body.get("vote"), body.get("completion_id")
         if vote not in VOTES:
             raise ChatError('"vote" must be "up" or "down".')
         session_id = require_session().session_id
-        known = {t.completion_id for t in self.conversations.turns(session_id)}
-        if completion_id not in known:
+        turns = self.conversations.turns(session_id)
+        value = {FEEDBACK_KEY: VOTES[vote]}
+        if completion_id is None and body.get("trace_id") is not None:
+            trace_id = body.get("trace_id")
+            if trace_id not in {t.trace_id for t in turns if t.completion_id is None}:
+                raise ChatError("No answer with that trace_id in this conversation.", 404)
+            record_trace_feedback(value, trace_id=str(trace_id))
+            self.conversations.vote(session_id, str(trace_id), vote)
+            return {"trace_id": trace_id, "feedback": value}
+        if completion_id is None or completion_id not in {t.completion_id for t in turns}:
             raise ChatError("No answer with that completion_id in this conversation.", 404)
-        record_feedback({FEEDBACK_KEY: VOTES[vote]}, completion_id=completion_id)
+        record_feedback(value, completion_id=completion_id)
         self.conversations.vote(session_id, completion_id, vote)
-        return {"completion_id": completion_id, "feedback": {FEEDBACK_KEY: VOTES[vote]}}
+        return {"completion_id": completion_id, "feedback": value}
 
     # -- a turn ------------------------------------------------------------------------
 
@@ -338,8 +377,15 @@ class Chat:
     def _answer_prompt(self, history: list[Turn], question: str) -> Prompt:
         return self._template(ANSWER_TEMPLATE, {"question": question}, history)
 
-    def _record(self, prompt: Prompt, output: str, start: float, inputs: dict[str, Any]) -> str:
-        """Record one LLM call into the session, as a child of the turn's trace."""
+    def _record(
+        self, prompt: Prompt, output: str, start: float, inputs: dict[str, Any]
+    ) -> str | None:
+        """Record one LLM call into the session, as a child of the turn's trace.
+
+        With `recording="otel"` nothing is recorded here (None): the call was an
+        OpenInference span, which carries the session and the trace to Freeplay."""
+        if self.recording == "otel":
+            return None
         response = record(
             all_messages=[*prompt.messages, {"role": "assistant", "content": output}],
             inputs=inputs,

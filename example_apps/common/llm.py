@@ -167,6 +167,8 @@ class OpenAIResponder(Responder):
             "messages": [dict(m) for m in messages],
             "max_completion_tokens": self.max_tokens,
             "stream": True,
+            # The token counts in the last chunk (OpenInference puts them on the span).
+            "stream_options": {"include_usage": True},
         }
 
     def stream(self, messages: Sequence[Message]) -> Iterator[str]:

@@ -20,6 +20,7 @@ from typing import Any
 __all__ = [
     "NO_SESSION",
     "SESSION_ATTRIBUTE",
+    "TRACE_ATTRIBUTE",
     "OtlpError",
     "decode_traces",
     "page_nodes",
@@ -29,6 +30,8 @@ __all__ = [
 NO_SESSION = "no session"
 #: The span attribute that names a span's Freeplay session.
 SESSION_ATTRIBUTE = "freeplay.session.id"
+#: The span attribute naming the Freeplay trace (`trace_scope`) a span was started in.
+TRACE_ATTRIBUTE = "freeplay.trace.id"
 
 _PROTOBUF = "application/x-protobuf"
 _JSON = "application/json"
@@ -196,14 +199,20 @@ def page_nodes(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """`(traces, completions)` in the shape the session page draws: OpenInference LLM spans
     (``openinference.span.kind`` = ``LLM``) as completions with their messages, model and
-    token counts, every other span as a trace step; parents are the parent spans."""
+    token counts, every other span as a trace step. A span's parent is its parent span when
+    that is among `spans`, else the `trace_scope` it ran in (`TRACE_ATTRIBUTE`), if any."""
     traces: list[dict[str, Any]] = []
     completions: list[dict[str, Any]] = []
+    span_ids = {span["span_id"] for span in spans}
     for span in spans:
         attributes = span.get("attributes") or {}
+        parent = span.get("parent_span_id")
+        if parent not in span_ids:
+            trace = attributes.get(TRACE_ATTRIBUTE)
+            parent = str(trace).lower() if isinstance(trace, str) and trace else parent
         common = {
             "id": span["span_id"],
-            "parent_id": span.get("parent_span_id"),
+            "parent_id": parent,
             "received_at": span.get("received_at"),
             "eval_results": {},
             "feedback": {},

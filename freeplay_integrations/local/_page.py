@@ -149,8 +149,23 @@ def _layout(title: str, fragment_url: str, fragment: str) -> str:
 # -- the session list ------------------------------------------------------------------
 
 
-def sessions_fragment(sessions: Sequence[Mapping[str, Any]], api_base: str = "") -> str:
+def _no_session_link(count: int) -> str:
+    if not count:
+        return ""
+    spans = "span" if count == 1 else "spans"
+    return (
+        f'<p id="no-session"><a class="no-session-link" href="/sessions/{NO_SESSION_PATH}">'
+        f'<span class="no-session-count">{count}</span> OpenTelemetry {spans} without a'
+        " session</a></p>"
+    )
+
+
+def sessions_fragment(
+    sessions: Sequence[Mapping[str, Any]], api_base: str = "", no_session_spans: int = 0
+) -> str:
+    """The session list; `no_session_spans` (spans without a session) adds a link to them."""
     parts = [f'<h1>Sessions <span id="session-count" class="count">{len(sessions)}</span></h1>']
+    parts.append(_no_session_link(no_session_spans))
     if not sessions:
         hint = f" at <code>FREEPLAY_API_BASE={_e(api_base)}</code>" if api_base else ""
         parts.append(
@@ -186,9 +201,13 @@ def _shorten(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def index_page(sessions: Sequence[Mapping[str, Any]], api_base: str = "") -> str:
+def index_page(
+    sessions: Sequence[Mapping[str, Any]], api_base: str = "", no_session_spans: int = 0
+) -> str:
     return _layout(
-        "Local Freeplay", "/ui/fragments/sessions", sessions_fragment(sessions, api_base)
+        "Local Freeplay",
+        "/ui/fragments/sessions",
+        sessions_fragment(sessions, api_base, no_session_spans),
     )
 
 
@@ -427,6 +446,37 @@ def _no_session(spans: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     }
 
 
+def _listed(store: Store) -> tuple[list[dict[str, Any]], int]:
+    """The sessions with their OpenTelemetry spans counted in (LLM spans as completions,
+    other spans as traces, the first user message from a span when no completion has one),
+    and the number of spans without a session."""
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for span in store.spans():
+        by_session.setdefault(span.get("session_id") or NO_SESSION, []).append(span)
+    sessions = []
+    for session in store.sessions():
+        spans = by_session.get(session["id"])
+        if spans:
+            traces, completions = page_nodes(spans)
+            session = {
+                **session,
+                "completion_count": session["completion_count"] + len(completions),
+                "trace_count": session["trace_count"] + len(traces),
+                "first_user_message": session["first_user_message"]
+                or _first_user_message(completions),
+            }
+        sessions.append(session)
+    return sessions, len(by_session.get(NO_SESSION, ()))
+
+
+def _first_user_message(completions: Sequence[Mapping[str, Any]]) -> str | None:
+    for completion in sorted(completions, key=lambda c: c["start_time"] or 0):
+        for message in completion["messages"]:
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                return str(message["content"])
+    return None
+
+
 def respond(
     store: Store, method: str, path: str, *, api_base: str, if_none_match: str | None = None
 ) -> PageResponse:
@@ -439,9 +489,11 @@ def respond(
             {"Allow": "GET"},
         )
     if path == "/":
-        return _html(200, index_page(store.sessions(), api_base))
+        sessions, no_session = _listed(store)
+        return _html(200, index_page(sessions, api_base, no_session))
     if path == "/ui/fragments/sessions":
-        return _fragment(sessions_fragment(store.sessions(), api_base), if_none_match)
+        sessions, no_session = _listed(store)
+        return _fragment(sessions_fragment(sessions, api_base, no_session), if_none_match)
     if path == "/ui/api/sessions":
         return _json_response(200, store.sessions())
     if path == "/ui/api/health":

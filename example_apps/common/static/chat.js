@@ -52,27 +52,34 @@
     item.querySelector(".rewrite").textContent = "rewritten: " + question;
   }
 
-  function vote(item, completionId, choice) {
+  // The answer's completion, or (model calls recorded as OpenTelemetry spans: no
+  // completion ID) its turn's trace.
+  function vote(item, answer, choice) {
     fetch("/api/feedback", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ completion_id: completionId, vote: choice })
+      body: JSON.stringify({
+        completion_id: answer.completion_id || null,
+        trace_id: answer.trace_id || null,
+        vote: choice
+      })
     }).then(function (response) {
       if (!response.ok) { throw new Error("feedback failed: " + response.status); }
       showVote(item, choice);
     }).catch(function (error) { console.error(error); });
   }
 
-  function finish(item, completionId) {
+  function finish(item, answer) {
     item.setAttribute("data-state", "done");
-    item.setAttribute("data-completion-id", completionId);
+    if (answer.completion_id) { item.setAttribute("data-completion-id", answer.completion_id); }
+    if (answer.trace_id) { item.setAttribute("data-trace-id", answer.trace_id); }
     var box = element("div", "feedback");
     [["up", "✓ Good", "Thumbs up: a good answer"], ["down", "✗ Bad", "Thumbs down: a bad answer"]].forEach(function (spec) {
       var button = element("button", "", spec[1]);
       button.type = "button";
       button.title = spec[2];
       button.setAttribute("data-vote", spec[0]);
-      button.addEventListener("click", function () { vote(item, completionId, spec[0]); });
+      button.addEventListener("click", function () { vote(item, answer, spec[0]); });
       box.appendChild(button);
     });
     item.appendChild(box);
@@ -90,7 +97,7 @@
     } else if (name === "token") {
       item.querySelector(".text").textContent += data.text;
     } else if (name === "done") {
-      finish(item, data.completion_id);
+      finish(item, data);
     } else if (name === "error") {
       fail(item, data.message);
     }
@@ -176,7 +183,7 @@
         var item = addAssistant();
         if (turn.question) { showRewrite(item, turn.question); }
         item.querySelector(".text").textContent = turn.answer;
-        finish(item, turn.completion_id);
+        finish(item, turn);
         if (turn.vote) { showVote(item, turn.vote); }
       });
       document.body.setAttribute("data-ready", "true");

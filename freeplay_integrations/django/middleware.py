@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.cookies import Morsel, SimpleCookie
 from itertools import chain
 from typing import Any, Final, cast
 
@@ -34,7 +35,7 @@ from django.http.response import HttpResponseBase, StreamingHttpResponse
 from freeplay.resources.sessions import Session
 
 from .._context import SessionBinding, bind, unbind
-from .._web import EXPOSE_HEADERS, Rejection
+from .._web import EXPOSE_HEADERS, CookieAttributes, Rejection, SessionCookie
 from .conf import DjangoConfig, get_config
 
 __all__ = [
@@ -249,18 +250,42 @@ def _add_session(
             secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
         cookie = resolver.cookie(binding, secure)
         assert cookie is not None
-        a = cookie.attributes
-        response.set_cookie(
+        response.cookies[cookie.name] = _morsel(cookie)
+
+
+#: Per `CookieAttributes`: the `Expires` it was made with, and the `Morsel` `set_cookie` made.
+_made: dict[CookieAttributes, tuple[str, Morsel[str]]] = {}
+_encode = SimpleCookie().value_encode
+
+
+def _morsel(cookie: SessionCookie) -> Morsel[str]:
+    """The `Morsel` `response.set_cookie(...)` makes for `cookie`, at a fifth of its cost.
+
+    `set_cookie` builds a Morsel attribute by attribute (about 5 µs, most of this
+    middleware's budget). The attributes change only with the second (`Expires`) and the
+    kind (https or not, live or expiring), so the Morsel `set_cookie` made for them is kept,
+    and each response gets a copy of it with its own value.
+    """
+    a = cookie.attributes
+    expires = a.expires
+    made = _made.get(a)
+    if made is None or made[0] != expires:
+        scratch = HttpResponseBase()
+        scratch.set_cookie(
             cookie.name,
-            cookie.value,
             max_age=a.max_age,
-            expires=a.expires,
+            expires=expires,
             path=a.path,
             domain=a.domain,
             secure=a.secure,
             httponly=a.httponly,
             samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
         )
+        made = _made[a] = (expires, scratch.cookies[cookie.name])
+    morsel: Morsel[str] = Morsel.__new__(Morsel)
+    dict.update(morsel, made[1])
+    morsel.set(cookie.name, *_encode(cookie.value))
+    return morsel
 
 
 # -- streaming bodies ----------------------------------------------------------------------

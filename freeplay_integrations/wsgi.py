@@ -11,8 +11,9 @@ the next request (gunicorn sync, waitress, mod_wsgi) starts clean.
 
 The real `start_response` is held until the first non-empty body chunk (or the end of the
 iterable), so `new_session()` called by the app, or by a streamed body before its first
-chunk, is what the response header and cookie carry. An app that calls the legacy
-`write()` callable sends its headers at the first `write()`.
+chunk, is what the response header and cookie carry. A list or tuple body runs no code
+while it is sent: it is started at once and handed to the server as it is. An app that
+calls the legacy `write()` callable sends its headers at the first `write()`.
 
 An exception that escapes the app before the response started is logged and answered with
 a plain 500 that carries the session header and cookie; the exception is not re-raised
@@ -61,6 +62,9 @@ _SERVER_ERROR_HEADERS = (
     ("Content-Type", "text/plain; charset=utf-8"),
     ("Content-Length", str(len(SERVER_ERROR_BODY))),
 )
+
+#: Response iterables that are the whole body already (no code runs while they are sent).
+_MADE = (list, tuple)
 
 Headers = list[tuple[str, str]]
 Write = Callable[[bytes], object]
@@ -135,6 +139,11 @@ class FreeplaySessionMiddleware:
                 if response.started or self._propagate():
                     raise
                 return response.server_error(sys.exc_info())
+            if type(app_iter) in _MADE and response.status is not None:
+                # A body already made runs no code while it is sent: the headers go now.
+                if not response.started:
+                    response._start()
+                return app_iter
             response.inner = app_iter
             response.iterator = iter(app_iter)
         finally:

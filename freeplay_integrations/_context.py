@@ -73,11 +73,48 @@ class SessionBinding:
         custom_metadata: dict[str, Any] | None = None,
     ) -> None:
         if session is not None:
-            self._session_id = str(session.session_id)
-        else:
+            session_id = str(session.session_id)
+        elif session_id is None:
             # The one way every adapter, Celery and `session_scope` start or resume a
             # session: by ID, the SDK `Session` built on first use (see `session`).
-            self._session_id = new_session_id() if session_id is None else session_id
+            session_id = new_session_id()
+        self._fill(session_id, session, client, project_id, recording, signer, custom_metadata)
+
+    @classmethod
+    def by_id(
+        cls,
+        session_id: str | None,
+        client: Freeplay,
+        project_id: str | None,
+        recording: str,
+        signer: Signer | None,
+        custom_metadata: dict[str, Any] | None,
+    ) -> SessionBinding:
+        """`SessionBinding(None, ...)` with every argument positional: the adapters' per-request
+        way (keyword arguments cost more than the rest of the construction)."""
+        binding = cls.__new__(cls)
+        binding._fill(
+            new_session_id() if session_id is None else session_id,
+            None,
+            client,
+            project_id,
+            recording,
+            signer,
+            custom_metadata,
+        )
+        return binding
+
+    def _fill(
+        self,
+        session_id: str,
+        session: Session | None,
+        client: Freeplay,
+        project_id: str | None,
+        recording: str,
+        signer: Signer | None,
+        custom_metadata: dict[str, Any] | None,
+    ) -> None:
+        self._session_id = session_id
         self._session = session
         self._metadata = custom_metadata
         self._token: str | None = None
@@ -159,6 +196,8 @@ def add_bind_listener(listener: Callable[[SessionBinding], None]) -> Callable[[]
 def _notify(binding: SessionBinding) -> None:
     for listener in tuple(_bind_listeners):
         listener(binding)
+
+
 _trace: ContextVar[TraceInfo | None] = ContextVar("freeplay_trace", default=None)
 
 

@@ -192,7 +192,9 @@ class SessionResolver:
         "_attributes",
         "_client",
         "_expired_text",
+        "_header_first",
         "_known",
+        "_plain",
         "_project_id",
         "_recording",
         "_signer",
@@ -245,6 +247,8 @@ class SessionResolver:
         self.wants_request = (
             settings.session_metadata is not None or settings.authorize_session is not None
         )
+        self._plain = not self.wants_request
+        self._header_first = self._sources[0] is _HEADER if self._sources else False
         #: `Access-Control-Expose-Headers` when the response has none of its own.
         self.expose_default = header if settings.echo_header else None
         forced = settings.cookie_secure
@@ -301,6 +305,22 @@ class SessionResolver:
         decides: a valid value resumes that session; an invalid one starts a new session,
         or is a `Rejection` under `on_invalid="reject"`. The invalid value is never kept.
         """
+        if self._plain:  # no hooks: the common requests take the shortest way
+            if header_value and self._header_first:
+                known = self._known.get(header_value)
+                if known is not None and known[1] is None:
+                    return SessionBinding.by_id(
+                        known[0],
+                        self._client,
+                        self._project_id,
+                        self._recording,
+                        self._signer,
+                        None,
+                    )
+            elif not header_value and not cookie_header and not baggage_header:
+                return SessionBinding.by_id(
+                    None, self._client, self._project_id, self._recording, self._signer, None
+                )
         settings = self.settings
         session_id: str | None = None
         for source in self._sources:
@@ -332,14 +352,8 @@ class SessionResolver:
         # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
         # never touch it (assets, health checks) do not pay for it. A new one gets its ID
         # from SessionBinding, as `sessions.create()` would.
-        return SessionBinding(
-            None,
-            self._client,
-            self._project_id,
-            recording=self._recording,
-            signer=self._signer,
-            session_id=session_id,
-            custom_metadata=metadata,
+        return SessionBinding.by_id(
+            session_id, self._client, self._project_id, self._recording, self._signer, metadata
         )
 
     def _authorized(self, request: Any, session_id: str) -> bool:

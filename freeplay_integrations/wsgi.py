@@ -65,6 +65,7 @@ _SERVER_ERROR_HEADERS = (
 
 #: Response iterables that are the whole body already (no code runs while they are sent).
 _MADE = (list, tuple)
+_END: Any = object()
 
 Headers = list[tuple[str, str]]
 Write = Callable[[bytes], object]
@@ -192,7 +193,7 @@ class _Response:
 
     The app's status and headers are held until the first non-empty body chunk, then sent
     with the session's header and cookie as they are at that moment. Every step the server
-    takes (`next()`, `close()`) runs with the request's session bound, and unbinds it after.
+    takes (each chunk, `close()`) runs with the request's session bound, and unbinds it after.
     """
 
     __slots__ = (
@@ -257,17 +258,21 @@ class _Response:
 
     # -- what the server sees --------------------------------------------------------------
 
-    def __iter__(self) -> _Response:
-        return self
-
-    def __next__(self) -> bytes:
-        token = bind(self.binding)
+    def __iter__(self) -> Iterator[bytes]:
+        binding = self.binding
+        token = bind(binding)
         try:
-            if self.started:
-                return next(self.iterator)
-            return self._first_chunk()
+            chunk = self._first_chunk()
         finally:
             unbind(token)
+        iterator = self.iterator
+        while chunk is not _END:
+            yield chunk
+            token = bind(binding)
+            try:
+                chunk = next(iterator, _END)
+            finally:
+                unbind(token)
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -281,8 +286,9 @@ class _Response:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _first_chunk(self) -> bytes:
-        # Empty chunks before the first real one are dropped: the headers wait for a body.
+    def _first_chunk(self) -> Any:
+        """The first non-empty chunk (empty ones before it are dropped: the headers wait for
+        a body), or `_END`; the response is started either way."""
         try:
             for chunk in self.iterator:
                 if chunk:
@@ -291,10 +297,10 @@ class _Response:
         except Exception:
             if self.started or self.middleware._propagate():
                 raise
-            self.iterator = iter(self.server_error(sys.exc_info()))
-            return next(self.iterator)
+            self.iterator = iter(())
+            return self.server_error(sys.exc_info())[0]
         self._start()
-        raise StopIteration
+        return _END
 
     def _start(self) -> None:
         if self.status is None:

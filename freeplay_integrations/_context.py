@@ -66,54 +66,18 @@ class SessionBinding:
         session: Session | None,
         client: Freeplay,
         project_id: str | None,
-        *,
         recording: str = "background",
         signer: Signer | None = None,
         session_id: str | None = None,
         custom_metadata: dict[str, Any] | None = None,
     ) -> None:
+        # Adapters pass every argument positionally (keywords cost more than the rest).
         if session is not None:
             session_id = str(session.session_id)
         elif session_id is None:
             # The one way every adapter, Celery and `session_scope` start or resume a
             # session: by ID, the SDK `Session` built on first use (see `session`).
             session_id = new_session_id()
-        self._fill(session_id, session, client, project_id, recording, signer, custom_metadata)
-
-    @classmethod
-    def by_id(
-        cls,
-        session_id: str | None,
-        client: Freeplay,
-        project_id: str | None,
-        recording: str,
-        signer: Signer | None,
-        custom_metadata: dict[str, Any] | None,
-    ) -> SessionBinding:
-        """`SessionBinding(None, ...)` with every argument positional: the adapters' per-request
-        way (keyword arguments cost more than the rest of the construction)."""
-        binding = cls.__new__(cls)
-        binding._fill(
-            new_session_id() if session_id is None else session_id,
-            None,
-            client,
-            project_id,
-            recording,
-            signer,
-            custom_metadata,
-        )
-        return binding
-
-    def _fill(
-        self,
-        session_id: str,
-        session: Session | None,
-        client: Freeplay,
-        project_id: str | None,
-        recording: str,
-        signer: Signer | None,
-        custom_metadata: dict[str, Any] | None,
-    ) -> None:
         self._session_id = session_id
         self._session = session
         self._metadata = custom_metadata

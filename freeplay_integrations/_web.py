@@ -309,18 +309,9 @@ class SessionResolver:
             if header_value and self._header_first:
                 known = self._known.get(header_value)
                 if known is not None and known[1] is None:
-                    return SessionBinding.by_id(
-                        known[0],
-                        self._client,
-                        self._project_id,
-                        self._recording,
-                        self._signer,
-                        None,
-                    )
+                    return self._bind(known[0], None)
             elif not header_value and not cookie_header and not baggage_header:
-                return SessionBinding.by_id(
-                    None, self._client, self._project_id, self._recording, self._signer, None
-                )
+                return self._bind(None, None)
         settings = self.settings
         session_id: str | None = None
         for source in self._sources:
@@ -352,8 +343,17 @@ class SessionResolver:
         # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
         # never touch it (assets, health checks) do not pay for it. A new one gets its ID
         # from SessionBinding, as `sessions.create()` would.
-        return SessionBinding.by_id(
-            session_id, self._client, self._project_id, self._recording, self._signer, metadata
+        return self._bind(session_id, metadata)
+
+    def _bind(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionBinding:
+        return SessionBinding(
+            None,
+            self._client,
+            self._project_id,
+            self._recording,
+            self._signer,
+            session_id,
+            metadata,
         )
 
     def _authorized(self, request: Any, session_id: str) -> bool:

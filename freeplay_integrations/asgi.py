@@ -101,6 +101,7 @@ class FreeplaySessionMiddleware:
         }
         self._exclude_paths = resolver.exclude_paths
         self._connection: Any = _connection_class() if resolver.wants_request else None
+        self._baggage = resolver.baggage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -174,12 +175,13 @@ class FreeplaySessionMiddleware:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
         connection = self._connection
-        request = None if connection is None else connection(scope)
         baggage = None
-        if self.resolver.baggage:
+        if self._baggage:
             values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"baggage"]
             baggage = ",".join(values) or None
-        return self.resolver.resolve(header_value, cookie_header, request, baggage)
+        return self.resolver.resolve(
+            header_value, cookie_header, None if connection is None else connection(scope), baggage
+        )
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, binding: SessionBinding, secure: bool
@@ -205,15 +207,15 @@ class FreeplaySessionMiddleware:
         token = binding.token.encode("latin-1")
         key = self._echo_key
         if key is not None:
-            for index, (name, value) in enumerate(headers):
+            for name, value in headers:
                 if name == _EXPOSE:  # merge with the app's own (CORS) list
                     merged = self.resolver.expose(value.decode("latin-1"))
                     if merged is not None:
-                        headers[index] = (name, merged.encode("latin-1"))
+                        headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
+                    headers.append((key, token))
                     break
             else:
-                headers.append(self._expose_header)
-            headers.append((key, token))
+                headers += (self._expose_header, (key, token))
         if self._set_cookie:
             prefix, suffix = self._cookie_fragments[secure]
             headers.append((_SET_COOKIE, prefix + token + suffix))

@@ -622,6 +622,34 @@ def test_the_cookie_is_the_one_response_set_cookie_makes_and_each_response_has_i
     assert second.cookies[COOKIE].value != morsel.value
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.__setitem__("path", "/x"),
+        lambda m: m.update({"path": "/x"}),
+        lambda m: m.__delitem__("samesite"),
+        lambda m: m.pop("samesite"),
+        lambda m: m.setdefault("comment", "x"),
+        lambda m: m.clear(),
+        lambda m: m.__ior__({"path": "/x"}),
+        lambda m: m.set("renamed", "v", "v"),
+    ],
+)
+def test_the_kept_cookie_text_morsels_own_and_follows_every_edit(edit: Any) -> None:
+    from http.cookies import Morsel
+
+    def plain(morsel: Morsel[str]) -> str:
+        copy: Morsel[str] = Morsel()
+        dict.update(copy, morsel)
+        copy.set(morsel.key, morsel.value, morsel.coded_value)
+        return copy.output()
+
+    morsel = _get(Client(), "/sync/").cookies[COOKIE]
+    assert morsel.output() == plain(morsel)
+    edit(morsel)
+    assert morsel.output() == plain(morsel)
+
+
 def test_a_session_cookie_changed_after_the_middleware_is_written_with_the_change() -> None:
     import pickle
 

@@ -344,7 +344,11 @@ def _morsel(cookie: SessionCookie) -> SessionMorsel:
         made = _made[a] = (expires, template, template.OutputString()[len(pair) :])
     morsel = SessionMorsel.__new__(SessionMorsel)
     dict.update(morsel, made[1])
-    morsel.set(cookie.name, *_encode(cookie.value))
+    value = cookie.value
+    # A token is cookie-safe as it stands (UUID, base 36, base64url): only "" is quoted. Set
+    # as pickle restores a Morsel (`Morsel.set` would check the name again).
+    state = {"key": cookie.name, "value": value, "coded_value": value or _encode(value)[1]}
+    morsel.__setstate__(state)  # type: ignore[attr-defined]
     morsel._suffix = made[2]
     return morsel
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextvars import ContextVar, Token
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 __all__ = [
     "Scope",
     "SessionBinding",
+    "abound_steps",
+    "bound_steps",
     "current_binding",
     "current_session",
     "current_trace",
@@ -265,6 +267,40 @@ def _is_ancestor(trace: TraceInfo | None, handle: Any, open_traces: list[Any]) -
     return False
 
 
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+_END: Any = object()
+
+
+def bound_steps(binding: SessionBinding, iterator: Iterator[T]) -> Iterator[T]:
+    """Yield from `iterator` with `binding` bound around each step and unbound in between,
+    in whichever thread runs the step: a streamed body that a server drives after the
+    adapter returned, where a thread it reuses must never start with a session."""
+    while True:
+        token = bind(binding)
+        try:
+            item = next(iterator, _END)
+        finally:
+            unbind(token)
+        if item is _END:
+            return
+        yield item
+
+
+async def abound_steps(binding: SessionBinding, iterator: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`bound_steps` for an async iterator: each step binds and unbinds in the task running it."""
+    while True:
+        token = bind(binding)
+        try:
+            item = await anext(iterator, _END)
+        finally:
+            unbind(token)
+        if item is _END:
+            return
+        yield item
+
+
 def run_with_session(function: Callable[P, R]) -> Callable[P, R]:
     """`function`, made to run with the current session (and trace) bound, in any thread.
 
@@ -301,11 +337,6 @@ def bind_trace(trace: TraceInfo | None) -> Token[TraceInfo | None]:
 
 def unbind_trace(token: Token[TraceInfo | None]) -> None:
     _trace.reset(token)
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-P = ParamSpec("P")
 
 
 class Scope(Generic[T]):

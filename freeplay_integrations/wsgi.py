@@ -4,22 +4,17 @@
 
     application = FreeplaySessionMiddleware(application, project_id="...")
 
-The session is bound while the app is called *and* while the server drives the response
-iterable (each `next()` and `close()`), so a streamed body sees the request's session in
-every chunk, and nothing stays bound between steps: a worker thread the server reuses for
-the next request (gunicorn sync, waitress, mod_wsgi) starts clean.
+The session is bound while the app is called and around each step the server takes on the
+response iterable (each chunk, `close()`), never in between: a streamed body sees it in
+every chunk, and a worker thread the server reuses starts clean. `start_response` is held
+until the first non-empty chunk, so `new_session()` in the app, or in a streamed body
+before that chunk, is what the header and cookie carry; a list or tuple body runs no code,
+so it starts at once and goes to the server as it is; `write()` starts at the first write.
 
-The real `start_response` is held until the first non-empty body chunk (or the end of the
-iterable), so `new_session()` called by the app, or by a streamed body before its first
-chunk, is what the response header and cookie carry. A list or tuple body runs no code
-while it is sent: it is started at once and handed to the server as it is. An app that
-calls the legacy `write()` callable sends its headers at the first `write()`.
-
-An exception that escapes the app before the response started is logged and answered with
-a plain 500 that carries the session header and cookie; the exception is not re-raised
-(a WSGI server could only replace that 500 with its own, without the session). With
-`propagate_exceptions=True` it is re-raised instead, for the Werkzeug debugger or a test
-client that should see it. After the response started, exceptions always propagate.
+An exception escaping the app before the response started is logged and answered with a
+plain 500 carrying the session, and not re-raised (a server could only replace it with a
+500 of its own, without the session), unless `propagate_exceptions=True` (the Werkzeug
+debugger, test clients). After the response started, exceptions always propagate.
 """
 
 from __future__ import annotations
@@ -31,7 +26,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
-from ._context import SessionBinding, bind, unbind
+from ._context import SessionBinding, bind, bound_steps, unbind
 from ._web import EXPOSE_HEADERS, Rejection, SessionResolver
 
 if TYPE_CHECKING:
@@ -74,15 +69,9 @@ Write = Callable[[bytes], object]
 class FreeplaySessionMiddleware:
     """Bind the conversation's Freeplay session for every request to a WSGI app.
 
-    Options are keyword-only; see the README's configuration reference. The session is
-    taken from the `X-Freeplay-Session-Id` header or the `freeplay_session_id` cookie (or a
-    new one is started), bound for the whole request, and echoed back in both.
-
-    `session_metadata` and `authorize_session` get the WSGI environ as their request
-    argument. `exclude_paths` are
-    matched against the full request path (`SCRIPT_NAME` + `PATH_INFO`).
-    `propagate_exceptions=True` re-raises an exception that escapes the app instead of
-    answering the 500 itself (see the module documentation).
+    `app` is positional; options are keyword arguments (`FreeplayOptions`, the README's
+    configuration reference). The hooks get the WSGI environ as the request; `exclude_paths`
+    match `SCRIPT_NAME + PATH_INFO`; `propagate_exceptions` is described above.
     """
 
     def __init__(
@@ -259,20 +248,14 @@ class _Response:
     # -- what the server sees --------------------------------------------------------------
 
     def __iter__(self) -> Iterator[bytes]:
-        binding = self.binding
-        token = bind(binding)
+        token = bind(self.binding)
         try:
             chunk = self._first_chunk()
         finally:
             unbind(token)
-        iterator = self.iterator
-        while chunk is not _END:
+        if chunk is not _END:
             yield chunk
-            token = bind(binding)
-            try:
-                chunk = next(iterator, _END)
-            finally:
-                unbind(token)
+            yield from bound_steps(self.binding, self.iterator)
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)

@@ -43,11 +43,8 @@ __all__ = [
 
 #: The attribute set on every request the middleware handles.
 REQUEST_ATTRIBUTE: Final = "freeplay_session"
-#: Warned (as Django itself does) when an async iterator is streamed under WSGI, or a sync
-#: one under ASGI: Django has to collect the whole body before sending it. The middleware
-#: collects it itself, in one go with the session bound, so the response's header and
-#: cookie reflect a `new_session()` anywhere in the body, then hands Django the chunks in
-#: the form it wants (Django then has nothing to warn about).
+#: Django's own warnings for a body of the kind it collects whole (async under WSGI, sync
+#: under ASGI); the middleware collects it instead, with the session bound, and warns so.
 ASYNC_STREAM_WARNING: Final = (
     "StreamingHttpResponse must consume asynchronous iterators in order to serve them "
     "synchronously. Use a synchronous iterator instead."

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
@@ -66,7 +67,7 @@ class Rejection:
     `authorize_session` refused under `on_unauthorized="reject"`.
     """
 
-    __slots__ = ("body", "reason", "source", "status")
+    __slots__ = ("body", "headers", "reason", "source", "status")
     content_type = "text/plain; charset=utf-8"
 
     def __init__(self, source: str, status: int = 400, reason: str = INVALID_ID_REASON) -> None:
@@ -74,6 +75,16 @@ class Rejection:
         self.status = status
         self.reason = reason
         self.body = (reason + "\n").encode("ascii")
+        #: The answer's headers, for adapters that write raw ones.
+        self.headers = (
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+        )
+
+    @property
+    def status_line(self) -> str:
+        """`"400 Bad Request"`: the status as WSGI writes it."""
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
     def __repr__(self) -> str:
         return f"<Rejection {self.status} from the {self.source}>"

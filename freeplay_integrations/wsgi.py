@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
@@ -119,7 +118,8 @@ class FreeplaySessionMiddleware:
             environ.get("HTTP_BAGGAGE") if resolver.baggage else None,
         )
         if isinstance(result, Rejection):
-            return _reject(start_response, result)
+            start_response(result.status_line, list(result.headers))
+            return [result.body]
         response = _Response(self, result, start_response, environ.get("wsgi.url_scheme"))
         token = bind(result)
         try:
@@ -163,18 +163,6 @@ class FreeplaySessionMiddleware:
             prefix, suffix = self._cookie_fragments[secure]
             headers.append(("Set-Cookie", prefix + token + suffix))
         return headers
-
-
-def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
-    status = f"{rejection.status} {HTTPStatus(rejection.status).phrase}"
-    start_response(
-        status,
-        [
-            ("Content-Type", rejection.content_type),
-            ("Content-Length", str(len(rejection.body))),
-        ],
-    )
-    return [rejection.body]
 
 
 class _Response:

@@ -123,6 +123,47 @@ def main() -> None:
     fresh = ratio("freeplay, no ID (new session)", "asgi-correlation-id, no ID")
     print(f"  valid ID in header: {valid:.2f}")
     print(f"  no ID:              {fresh:.2f}")
+    print("\ncurrent_trace(), us per call:")
+    for name, value in current_trace_cost().items():
+        print(f"  {name:56} {value:6.3f}")
+
+
+def current_trace_cost(calls: int = 20_000) -> dict[str, float]:
+    """Microseconds per `current_trace()` call: on the normal path (the trace contextvar agrees
+    with the request's innermost open trace: no frame is looked at), and in the one case that
+    walks the stack: a sync generator that opened a `trace_scope`, stepped in a fresh copy of
+    the request's context each time (Starlette's `StreamingResponse` of a sync iterator)."""
+    import contextvars
+
+    from freeplay_integrations import current_trace, flush, session_scope, trace_scope
+    from freeplay_integrations.local import LocalFreeplay
+
+    def per_call() -> float:
+        started = time.perf_counter()
+        for _ in range(calls):
+            current_trace()
+        return (time.perf_counter() - started) / calls * 1e6
+
+    costs: dict[str, float] = {}
+    # The traces are recorded on exit: into an in-memory local Freeplay, not a real one.
+    with LocalFreeplay() as server, session_scope(server.client(), project_id=server.project_id):
+        costs["no trace open"] = per_call()
+        with trace_scope("q", name="bench"):
+            costs["inside trace_scope (normal path)"] = per_call()
+
+        def body() -> Any:
+            with trace_scope("q", name="streamed"):
+                yield None  # step 1 opened the trace; step 2 runs in a fresh context copy
+                yield per_call()
+
+        request_context = contextvars.copy_context()
+        steps = body()
+        request_context.copy().run(next, steps)
+        walked = request_context.copy().run(next, steps)
+        costs["sync generator step in a fresh context (walks frames)"] = walked
+        steps.close()
+        flush(5)
+    return costs
 
 
 if __name__ == "__main__":

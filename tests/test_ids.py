@@ -19,7 +19,19 @@ def test_ids_are_canonical_uuid4s_and_never_repeat() -> None:
     for session_id in ids:
         assert parse_session_id(session_id) == session_id
         assert uuid.UUID(session_id).version == 4
+        assert uuid.UUID(session_id).variant == uuid.RFC_4122
         assert str(uuid.UUID(session_id)) == session_id
+    # Every random digit varies: the variant digit over 8, 9, a, b, the others over 0-f.
+    for position in range(36):
+        seen = {session_id[position] for session_id in ids}
+        if position in (8, 13, 18, 23):
+            assert seen == {"-"}
+        elif position == 14:
+            assert seen == {"4"}
+        elif position == 19:
+            assert seen == set("89ab")
+        else:
+            assert seen == set("0123456789abcdef"), position
 
 
 def test_threads_drawing_at_once_get_distinct_ids() -> None:

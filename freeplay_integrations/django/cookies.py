@@ -13,7 +13,7 @@ from .._web import CookieAttributes, SessionCookie
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["SessionMorsel", "session_morsel"]
+__all__ = ["MorselMaker", "SessionMorsel"]
 
 
 class SessionMorsel(Morsel[str]):
@@ -70,43 +70,49 @@ class SessionMorsel(Morsel[str]):
         return super().__ior__(other)
 
 
-#: Per `CookieAttributes`: the `Expires` it was made with, the `Morsel` `set_cookie` made,
-#: and the text of its attributes.
-_made: dict[CookieAttributes, tuple[str, Morsel[str], str]] = {}
 _encode = SimpleCookie().value_encode
 
 
-def session_morsel(cookie: SessionCookie) -> SessionMorsel:
-    """The `Morsel` `response.set_cookie(...)` makes for `cookie`, at a fraction of its cost.
+class MorselMaker:
+    """`maker(cookie)`: the `Morsel` `response.set_cookie(...)` makes for the core's `cookie`,
+    at a fraction of its cost; one per configuration (`DjangoConfig.morsel`).
 
     `set_cookie` builds a Morsel attribute by attribute (about 5 µs). The attributes change
     only with the second (`Expires`) and the kind (https or not, live or expiring), so the
     Morsel `set_cookie` made for them is kept, and each response gets a copy of it.
     """
-    a = cookie.attributes
-    expires = a.expires
-    made = _made.get(a)
-    if made is None or made[0] != expires:
-        scratch = HttpResponseBase()
-        scratch.set_cookie(
-            cookie.name,
-            max_age=a.max_age,
-            expires=expires,
-            path=a.path,
-            domain=a.domain,
-            secure=a.secure,
-            httponly=a.httponly,
-            samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
-        )
-        template = scratch.cookies[cookie.name]
-        pair = f"{template.key}={template.coded_value}"
-        made = _made[a] = (expires, template, template.OutputString()[len(pair) :])
-    morsel = SessionMorsel.__new__(SessionMorsel)
-    dict.update(morsel, made[1])
-    value = cookie.value
-    # A token is cookie-safe as it stands (UUID, base 36, base64url): only "" is quoted. Set
-    # as pickle restores a Morsel (`Morsel.set` would check the name again).
-    state = {"key": cookie.name, "value": value, "coded_value": value or _encode(value)[1]}
-    morsel.__setstate__(state)  # type: ignore[attr-defined]
-    morsel._suffix = made[2]
-    return morsel
+
+    __slots__ = ("_made",)
+
+    def __init__(self) -> None:
+        #: Per attribute set: the `Expires` it was made with, the Morsel, its attribute text.
+        self._made: dict[CookieAttributes, tuple[str, Morsel[str], str]] = {}
+
+    def __call__(self, cookie: SessionCookie) -> SessionMorsel:
+        a = cookie.attributes
+        expires = a.expires
+        made = self._made.get(a)
+        if made is None or made[0] != expires:
+            scratch = HttpResponseBase()
+            scratch.set_cookie(
+                cookie.name,
+                max_age=a.max_age,
+                expires=expires,
+                path=a.path,
+                domain=a.domain,
+                secure=a.secure,
+                httponly=a.httponly,
+                samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
+            )
+            template = scratch.cookies[cookie.name]
+            pair = f"{template.key}={template.coded_value}"
+            made = self._made[a] = (expires, template, template.OutputString()[len(pair) :])
+        morsel = SessionMorsel.__new__(SessionMorsel)
+        dict.update(morsel, made[1])
+        value = cookie.value
+        # A token is cookie-safe as it stands (UUID, base 36, base64url): only "" is quoted.
+        # Set as pickle restores a Morsel (`Morsel.set` would check the name again).
+        state = {"key": cookie.name, "value": value, "coded_value": value or _encode(value)[1]}
+        morsel.__setstate__(state)  # type: ignore[attr-defined]
+        morsel._suffix = made[2]
+        return morsel

@@ -27,7 +27,7 @@ from django.http.response import HttpResponseBase, StreamingHttpResponse
 from .._context import SessionBinding, abound_steps, bind, bound_steps, unbind
 from .._web import EXPOSE_HEADERS, Rejection
 from .conf import DjangoConfig, get_config
-from .cookies import SessionMorsel, session_morsel
+from .cookies import SessionMorsel
 from .request import FreeplayHttpRequest, RequestSession
 
 __all__ = [
@@ -179,7 +179,7 @@ def _add_session(
             secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
         cookie = resolver.cookie(binding, secure)
         assert cookie is not None
-        response.cookies[cookie.name] = session_morsel(cookie)
+        response.cookies[cookie.name] = config.morsel(cookie)
 
 
 # -- streaming bodies ----------------------------------------------------------------------

@@ -162,8 +162,6 @@ def add_bind_listener(listener: Callable[[SessionBinding], None]) -> Callable[[]
 def _notify(binding: SessionBinding) -> None:
     for listener in tuple(_bind_listeners):
         listener(binding)
-
-
 _trace: ContextVar[TraceInfo | None] = ContextVar("freeplay_trace", default=None)
 
 

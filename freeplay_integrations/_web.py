@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
 
@@ -66,7 +67,7 @@ class Rejection:
     `authorize_session` refused under `on_unauthorized="reject"`.
     """
 
-    __slots__ = ("body", "reason", "source", "status")
+    __slots__ = ("body", "headers", "reason", "source", "status")
     content_type = "text/plain; charset=utf-8"
 
     def __init__(self, source: str, status: int = 400, reason: str = INVALID_ID_REASON) -> None:
@@ -74,6 +75,16 @@ class Rejection:
         self.status = status
         self.reason = reason
         self.body = (reason + "\n").encode("ascii")
+        #: The answer's headers, for adapters that write raw ones.
+        self.headers = (
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+        )
+
+    @property
+    def status_line(self) -> str:
+        """`"400 Bad Request"`: the status as WSGI writes it."""
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
     def __repr__(self) -> str:
         return f"<Rejection {self.status} from the {self.source}>"
@@ -192,7 +203,9 @@ class SessionResolver:
         "_attributes",
         "_client",
         "_expired_text",
+        "_header_first",
         "_known",
+        "_plain",
         "_project_id",
         "_recording",
         "_signer",
@@ -245,6 +258,8 @@ class SessionResolver:
         self.wants_request = (
             settings.session_metadata is not None or settings.authorize_session is not None
         )
+        self._plain = not self.wants_request
+        self._header_first = self._sources[0] is _HEADER if self._sources else False
         #: `Access-Control-Expose-Headers` when the response has none of its own.
         self.expose_default = header if settings.echo_header else None
         forced = settings.cookie_secure
@@ -301,6 +316,13 @@ class SessionResolver:
         decides: a valid value resumes that session; an invalid one starts a new session,
         or is a `Rejection` under `on_invalid="reject"`. The invalid value is never kept.
         """
+        if self._plain:  # no hooks: the common requests take the shortest way
+            if header_value and self._header_first:
+                known = self._known.get(header_value)
+                if known is not None and known[1] is None:
+                    return self._bind(known[0], None)
+            elif not header_value and not cookie_header and not baggage_header:
+                return self._bind(None, None)
         settings = self.settings
         session_id: str | None = None
         for source in self._sources:
@@ -332,14 +354,17 @@ class SessionResolver:
         # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
         # never touch it (assets, health checks) do not pay for it. A new one gets its ID
         # from SessionBinding, as `sessions.create()` would.
+        return self._bind(session_id, metadata)
+
+    def _bind(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionBinding:
         return SessionBinding(
             None,
             self._client,
             self._project_id,
-            recording=self._recording,
-            signer=self._signer,
-            session_id=session_id,
-            custom_metadata=metadata,
+            self._recording,
+            self._signer,
+            session_id,
+            metadata,
         )
 
     def _authorized(self, request: Any, session_id: str) -> bool:

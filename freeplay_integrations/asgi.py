@@ -5,14 +5,11 @@
     app = FreeplaySessionMiddleware(app, project_id="...")        # outermost: best
     app.add_middleware(FreeplaySessionMiddleware.configure(project_id="..."))  # FastAPI
 
-Wrapping the whole app (the first form) puts the middleware outside Starlette's
-`ServerErrorMiddleware`, so even the 500 of an unhandled exception carries the session
-header and cookie. With `add_middleware` it sits inside it; the middleware then answers an
-unhandled exception with its own plain 500 carrying the session, before re-raising.
-
-Starlette is not needed: the module imports no framework, so it runs under Quart, Litestar
-or a bare ASGI app. With Starlette installed, `session_metadata` and `authorize_session` get
-a Starlette `HTTPConnection`; without it they get the ASGI scope.
+Outermost (the first form), even the 500 of an unhandled exception carries the session;
+inside Starlette's `ServerErrorMiddleware` (`add_middleware`), the middleware answers an
+unhandled exception with its own plain 500 carrying the session, then re-raises. No
+framework is imported: the hooks get a Starlette `HTTPConnection` when Starlette is
+installed, else the ASGI scope (Quart, Litestar, bare ASGI).
 """
 
 from __future__ import annotations
@@ -69,14 +66,11 @@ class FreeplaySessionMiddleware:
 
     @classmethod
     def configure(cls, **options: Unpack[FreeplayOptions]) -> Callable[[ASGIApp], ASGIApp]:
-        """Validate `options` now and return the factory `add_middleware` takes::
+        """Validate `options` now and return the factory `add_middleware` takes.
 
-            app.add_middleware(FreeplaySessionMiddleware.configure(project_id="..."))
-
-        Starlette builds its middleware at the first request (or lifespan event), so a
-        mistake passed to a plain `add_middleware(FreeplaySessionMiddleware, ...)` only shows
-        then; here it raises `ConfigurationError` at once, when your module is imported, and
-        `uvicorn main:app` stops before serving. The app stays a FastAPI/Starlette object.
+        Starlette builds middleware at the first request, so a mistake given to a plain
+        `add_middleware(FreeplaySessionMiddleware, ...)` shows only then; this raises
+        `ConfigurationError` at import, and `uvicorn main:app` stops before serving.
         """
         settings = Settings.from_options(options)
 
@@ -101,6 +95,7 @@ class FreeplaySessionMiddleware:
         }
         self._exclude_paths = resolver.exclude_paths
         self._connection: Any = _connection_class() if resolver.wants_request else None
+        self._baggage = resolver.baggage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -174,12 +169,13 @@ class FreeplaySessionMiddleware:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
         connection = self._connection
-        request = None if connection is None else connection(scope)
         baggage = None
-        if self.resolver.baggage:
+        if self._baggage:
             values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"baggage"]
             baggage = ",".join(values) or None
-        return self.resolver.resolve(header_value, cookie_header, request, baggage)
+        return self.resolver.resolve(
+            header_value, cookie_header, None if connection is None else connection(scope), baggage
+        )
 
     async def _websocket(
         self, scope: Scope, receive: Receive, send: Send, binding: SessionBinding, secure: bool
@@ -192,10 +188,8 @@ class FreeplaySessionMiddleware:
         await self.app(scope, receive, send_with_session)
 
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
-        """`message` (a response start or websocket accept) with the session headers added.
-
-        The headers are copied first, as Starlette's `MutableHeaders(scope=message)` does: the
-        app's list may be a response object's own, reused across requests."""
+        """`message` (a response start or websocket accept) with the session headers added
+        to a copy of its headers (the app's list may be reused across requests)."""
         headers = message["headers"] = list(message.get("headers") or ())
         if binding.ended:  # end_session(): no header, and the cookie's expiry
             if self._set_cookie:
@@ -205,15 +199,15 @@ class FreeplaySessionMiddleware:
         token = binding.token.encode("latin-1")
         key = self._echo_key
         if key is not None:
-            for index, (name, value) in enumerate(headers):
+            for name, value in headers:
                 if name == _EXPOSE:  # merge with the app's own (CORS) list
                     merged = self.resolver.expose(value.decode("latin-1"))
                     if merged is not None:
-                        headers[index] = (name, merged.encode("latin-1"))
+                        headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
+                    headers.append((key, token))
                     break
             else:
-                headers.append(self._expose_header)
-            headers.append((key, token))
+                headers += (self._expose_header, (key, token))
         if self._set_cookie:
             prefix, suffix = self._cookie_fragments[secure]
             headers.append((_SET_COOKIE, prefix + token + suffix))
@@ -241,10 +235,7 @@ class FreeplaySessionMiddleware:
             {
                 "type": "http.response.start",
                 "status": rejection.status,
-                "headers": [
-                    (b"content-type", rejection.content_type.encode("latin-1")),
-                    (b"content-length", str(len(rejection.body)).encode()),
-                ],
+                "headers": [(k.lower().encode(), v.encode()) for k, v in rejection.headers],
             }
         )
         await send({"type": "http.response.body", "body": rejection.body})

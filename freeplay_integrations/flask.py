@@ -1,6 +1,6 @@
 """Flask: one Freeplay session per conversation, bound for everything a request does.
 
-    from freeplay_integrations.flask import FreeplaySessions, current_session
+    from freeplay_integrations.flask import FreeplaySessions, freeplay_session
 
     freeplay = FreeplaySessions()
 
@@ -12,13 +12,11 @@
 
     @bp.post("/chat")
     def chat() -> dict[str, str]:
-        return {"session_id": current_session.session_id}
+        return {"session_id": freeplay_session.session_id}
 
-`init_app` wraps `app.wsgi_app` in the WSGI middleware
-(`freeplay_integrations.wsgi.FreeplaySessionMiddleware`): the session is bound before
-Flask's request context is pushed and stays bound for `before_request` / `after_request` /
-`teardown_request` hooks, blueprints, error handlers, and every chunk of a streamed body,
-with or without `stream_with_context`.
+`init_app` wraps `app.wsgi_app` in the WSGI middleware: the session is bound before Flask's
+request context is pushed and stays bound for `before_request` / `after_request` /
+`teardown_request` hooks, error handlers, and every chunk of a streamed body.
 """
 
 from __future__ import annotations

@@ -4,21 +4,17 @@
 
     application = FreeplaySessionMiddleware(application, project_id="...")
 
-The session is bound while the app is called *and* while the server drives the response
-iterable (each `next()` and `close()`), so a streamed body sees the request's session in
-every chunk, and nothing stays bound between steps: a worker thread the server reuses for
-the next request (gunicorn sync, waitress, mod_wsgi) starts clean.
+The session is bound while the app is called and around each step the server takes on the
+response iterable (each chunk, `close()`), never in between: a streamed body sees it in
+every chunk, and a worker thread the server reuses starts clean. `start_response` is held
+until the first non-empty chunk, so `new_session()` in the app, or in a streamed body
+before that chunk, is what the header and cookie carry; a list or tuple body runs no code,
+so it starts at once and goes to the server as it is; `write()` starts at the first write.
 
-The real `start_response` is held until the first non-empty body chunk (or the end of the
-iterable), so `new_session()` called by the app, or by a streamed body before its first
-chunk, is what the response header and cookie carry. An app that calls the legacy
-`write()` callable sends its headers at the first `write()`.
-
-An exception that escapes the app before the response started is logged and answered with
-a plain 500 that carries the session header and cookie; the exception is not re-raised
-(a WSGI server could only replace that 500 with its own, without the session). With
-`propagate_exceptions=True` it is re-raised instead, for the Werkzeug debugger or a test
-client that should see it. After the response started, exceptions always propagate.
+An exception escaping the app before the response started is logged and answered with a
+plain 500 carrying the session, and not re-raised (a server could only replace it with a
+500 of its own, without the session), unless `propagate_exceptions=True` (the Werkzeug
+debugger, test clients). After the response started, exceptions always propagate.
 """
 
 from __future__ import annotations
@@ -26,11 +22,10 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
-from ._context import SessionBinding, bind, unbind
+from ._context import SessionBinding, bind, bound_steps, unbind
 from ._web import EXPOSE_HEADERS, Rejection, SessionResolver
 
 if TYPE_CHECKING:
@@ -62,6 +57,10 @@ _SERVER_ERROR_HEADERS = (
     ("Content-Length", str(len(SERVER_ERROR_BODY))),
 )
 
+#: Response iterables that are the whole body already (no code runs while they are sent).
+_MADE = (list, tuple)
+_END: Any = object()
+
 Headers = list[tuple[str, str]]
 Write = Callable[[bytes], object]
 
@@ -69,15 +68,9 @@ Write = Callable[[bytes], object]
 class FreeplaySessionMiddleware:
     """Bind the conversation's Freeplay session for every request to a WSGI app.
 
-    Options are keyword-only; see the README's configuration reference. The session is
-    taken from the `X-Freeplay-Session-Id` header or the `freeplay_session_id` cookie (or a
-    new one is started), bound for the whole request, and echoed back in both.
-
-    `session_metadata` and `authorize_session` get the WSGI environ as their request
-    argument. `exclude_paths` are
-    matched against the full request path (`SCRIPT_NAME` + `PATH_INFO`).
-    `propagate_exceptions=True` re-raises an exception that escapes the app instead of
-    answering the 500 itself (see the module documentation).
+    `app` is positional; options are keyword arguments (`FreeplayOptions`, the README's
+    configuration reference). The hooks get the WSGI environ as the request; `exclude_paths`
+    match `SCRIPT_NAME + PATH_INFO`; `propagate_exceptions` is described above.
     """
 
     def __init__(
@@ -125,7 +118,8 @@ class FreeplaySessionMiddleware:
             environ.get("HTTP_BAGGAGE") if resolver.baggage else None,
         )
         if isinstance(result, Rejection):
-            return _reject(start_response, result)
+            start_response(result.status_line, list(result.headers))
+            return [result.body]
         response = _Response(self, result, start_response, environ.get("wsgi.url_scheme"))
         token = bind(result)
         try:
@@ -135,6 +129,11 @@ class FreeplaySessionMiddleware:
                 if response.started or self._propagate():
                     raise
                 return response.server_error(sys.exc_info())
+            if type(app_iter) in _MADE and response.status is not None:
+                # A body already made runs no code while it is sent: the headers go now.
+                if not response.started:
+                    response._start()
+                return app_iter
             response.inner = app_iter
             response.iterator = iter(app_iter)
         finally:
@@ -166,24 +165,12 @@ class FreeplaySessionMiddleware:
         return headers
 
 
-def _reject(start_response: StartResponse, rejection: Rejection) -> list[bytes]:
-    status = f"{rejection.status} {HTTPStatus(rejection.status).phrase}"
-    start_response(
-        status,
-        [
-            ("Content-Type", rejection.content_type),
-            ("Content-Length", str(len(rejection.body))),
-        ],
-    )
-    return [rejection.body]
-
-
 class _Response:
     """One request's response: the app's `start_response`, and the iterable the server gets.
 
     The app's status and headers are held until the first non-empty body chunk, then sent
     with the session's header and cookie as they are at that moment. Every step the server
-    takes (`next()`, `close()`) runs with the request's session bound, and unbinds it after.
+    takes (each chunk, `close()`) runs with the request's session bound, and unbinds it after.
     """
 
     __slots__ = (
@@ -248,17 +235,15 @@ class _Response:
 
     # -- what the server sees --------------------------------------------------------------
 
-    def __iter__(self) -> _Response:
-        return self
-
-    def __next__(self) -> bytes:
+    def __iter__(self) -> Iterator[bytes]:
         token = bind(self.binding)
         try:
-            if self.started:
-                return next(self.iterator)
-            return self._first_chunk()
+            chunk = self._first_chunk()
         finally:
             unbind(token)
+        if chunk is not _END:
+            yield chunk
+            yield from bound_steps(self.binding, self.iterator)
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)
@@ -272,8 +257,9 @@ class _Response:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _first_chunk(self) -> bytes:
-        # Empty chunks before the first real one are dropped: the headers wait for a body.
+    def _first_chunk(self) -> Any:
+        """The first non-empty chunk (empty ones before it are dropped: the headers wait for
+        a body), or `_END`; the response is started either way."""
         try:
             for chunk in self.iterator:
                 if chunk:
@@ -282,10 +268,10 @@ class _Response:
         except Exception:
             if self.started or self.middleware._propagate():
                 raise
-            self.iterator = iter(self.server_error(sys.exc_info()))
-            return next(self.iterator)
+            self.iterator = iter(())
+            return self.server_error(sys.exc_info())[0]
         self._start()
-        raise StopIteration
+        return _END
 
     def _start(self) -> None:
         if self.status is None:

@@ -591,6 +591,65 @@ def test_the_cookie_is_set_with_response_set_cookie_from_the_cores_attributes() 
     assert {"expires=Thu, 01 Jan 1970 00:00:00 GMT", "Max-Age=0", "HttpOnly"} <= set(attributes)
 
 
+def test_the_cookie_is_the_one_response_set_cookie_makes_and_each_response_has_its_own() -> None:
+    from freeplay_integrations._context import SessionBinding
+    from freeplay_integrations.django.conf import get_config
+
+    first, second = _get(Client(), "/sync/"), _get(Client(), "/sync/")
+    morsel = first.cookies[COOKIE]
+    resolver = get_config().resolver
+    binding = SessionBinding(None, resolver.settings.client, PROJECT_ID, session_id=_sid(first))
+    cookie = resolver.cookie(binding, False)
+    assert cookie is not None
+    a = cookie.attributes
+    expected = HttpResponse()
+    expected.set_cookie(
+        COOKIE,
+        morsel.value,
+        max_age=a.max_age,
+        expires=morsel["expires"],
+        path=a.path,
+        domain=a.domain,
+        secure=a.secure,
+        httponly=a.httponly,
+        samesite=a.samesite,  # type: ignore[arg-type]
+    )
+    assert dict(morsel) == dict(expected.cookies[COOKIE])
+    assert morsel.output() == expected.cookies[COOKIE].output()
+    # Changing one response's cookie changes no other response's.
+    morsel["path"] = "/elsewhere"
+    assert second.cookies[COOKIE]["path"] == "/"
+    assert second.cookies[COOKIE].value != morsel.value
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.__setitem__("path", "/x"),
+        lambda m: m.update({"path": "/x"}),
+        lambda m: m.__delitem__("samesite"),
+        lambda m: m.pop("samesite"),
+        lambda m: m.setdefault("comment", "x"),
+        lambda m: m.clear(),
+        lambda m: m.__ior__({"path": "/x"}),
+        lambda m: m.set("renamed", "v", "v"),
+    ],
+)
+def test_the_kept_cookie_text_morsels_own_and_follows_every_edit(edit: Any) -> None:
+    from http.cookies import Morsel
+
+    def plain(morsel: Morsel[str]) -> str:
+        copy: Morsel[str] = Morsel()
+        dict.update(copy, morsel)
+        copy.set(morsel.key, morsel.value, morsel.coded_value)
+        return copy.output()
+
+    morsel = _get(Client(), "/sync/").cookies[COOKIE]
+    assert morsel.output() == plain(morsel)
+    edit(morsel)
+    assert morsel.output() == plain(morsel)
+
+
 def test_a_session_cookie_changed_after_the_middleware_is_written_with_the_change() -> None:
     import pickle
 

@@ -170,6 +170,29 @@ def test_new_session_bound_in_the_app_and_echoed(make: Callable[..., Any]) -> No
     assert served.header(EXPOSE_HEADERS) == HEADER
 
 
+@pytest.mark.parametrize("body", [[b"a", b"", b"b"], (b"a", b"b"), []])
+def test_a_made_body_goes_to_the_server_as_it_is_with_the_headers_sent_first(
+    make: Callable[..., Any], body: list[bytes] | tuple[bytes, ...]
+) -> None:
+    calls: list[str] = []
+
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return body
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        calls.append(dict(headers)[HEADER])
+        return lambda data: None
+
+    sid = str(uuid.uuid4())
+    result = make(app)(make_environ(header=sid), start_response)
+    # No code runs while a list or tuple is sent: the headers went out with the session, and
+    # the server gets the app's own object (nothing to bind around its steps).
+    assert result is body and calls == [sid]
+    assert current_session() is None
+    assert serve(make(app), make_environ(header=sid)).session_id == sid
+
+
 def test_each_request_without_an_id_gets_its_own_session(make: Callable[..., Any]) -> None:
     app = make()
     assert serve(app).session_id != serve(app).session_id

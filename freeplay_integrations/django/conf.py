@@ -30,6 +30,7 @@ from django.utils.module_loading import import_string
 from .._config import OPTION_NAMES, Settings
 from .._errors import ConfigurationError
 from .._web import SessionResolver
+from .cookies import MorselMaker
 
 __all__ = [
     "IMPORTABLE_OPTIONS",
@@ -136,13 +137,15 @@ def load_settings() -> Settings:
 
 
 class DjangoConfig:
-    """Validated settings and the resolver every request goes through, built once."""
+    """Validated settings, the resolver every request goes through, and the maker of the
+    session cookie's `Morsel`, built once."""
 
-    __slots__ = ("resolver", "settings")
+    __slots__ = ("morsel", "resolver", "settings")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.resolver = SessionResolver(settings)
+        self.morsel = MorselMaker()
 
 
 _config: DjangoConfig | None = None

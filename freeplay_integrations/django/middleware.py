@@ -1,23 +1,15 @@
 """`FreeplaySessionMiddleware`: one Freeplay session per conversation in a Django project.
 
-One class that Django runs in sync mode under WSGI and in async mode under ASGI; in both the
-session is bound in one `try`/`finally` around `get_response`, so it is reset in the same
-context it was set in (a `process_request`/`process_response` pair cannot promise that
-under ASGI).
+One class, sync under WSGI and async under ASGI, binding the session in one `try`/`finally`
+around `get_response` (so it is reset in the context it was set in, which a
+`process_request`/`process_response` pair cannot promise under ASGI).
 
-Streaming responses (`StreamingHttpResponse`): Django iterates the body after the
-middleware returned, in the server's thread (WSGI) or in its handler's task (ASGI). The
-middleware wraps the body so the session is bound around *each step* of the iteration, in
-whichever thread or task runs that step, and unbound again before the chunk is handed on:
-nothing is bound between chunks, and a thread the server reuses never starts a request
-with a session. Before returning, the middleware pulls the first chunk, so `new_session()`
-called in the body before its first chunk is what the header and cookie carry (the
-response's headers wait for that chunk, as they would for a plain response). A body of
-the other kind (an async iterator under WSGI, a sync one under ASGI), which Django collects
-whole before sending anything, is collected by the middleware instead, in one go (see
-`ASYNC_STREAM_WARNING`). An exception raised before the first chunk becomes Django's 500
-(`response_for_exception`), carrying the session. `FileResponse` bodies are left alone
-(they run no user code and may be sent with `sendfile`).
+A `StreamingHttpResponse` body is iterated by Django after the middleware returned: it is
+wrapped so the session is bound around each step only (`bound_steps`), and its first chunk
+is pulled before returning, so `new_session()` before that chunk reaches the header and
+cookie, and an exception there becomes Django's 500 carrying the session. A body of the
+kind Django would collect whole (async under WSGI, sync under ASGI) is collected here
+instead (`ASYNC_STREAM_WARNING`). `FileResponse` bodies are left alone.
 """
 
 from __future__ import annotations
@@ -31,11 +23,12 @@ from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefuncti
 from django.core.handlers.exception import response_for_exception
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase, StreamingHttpResponse
-from freeplay.resources.sessions import Session
 
-from .._context import SessionBinding, bind, unbind
+from .._context import SessionBinding, abound_steps, bind, bound_steps, unbind
 from .._web import EXPOSE_HEADERS, Rejection
 from .conf import DjangoConfig, get_config
+from .cookies import SessionMorsel
+from .request import FreeplayHttpRequest, RequestSession
 
 __all__ = [
     "ASYNC_STREAM_WARNING",
@@ -45,15 +38,13 @@ __all__ = [
     "FreeplayHttpRequest",
     "FreeplaySessionMiddleware",
     "RequestSession",
+    "SessionMorsel",
 ]
 
 #: The attribute set on every request the middleware handles.
 REQUEST_ATTRIBUTE: Final = "freeplay_session"
-#: Warned (as Django itself does) when an async iterator is streamed under WSGI, or a sync
-#: one under ASGI: Django has to collect the whole body before sending it. The middleware
-#: collects it itself, in one go with the session bound, so the response's header and
-#: cookie reflect a `new_session()` anywhere in the body, then hands Django the chunks in
-#: the form it wants (Django then has nothing to warn about).
+#: Django's own warnings for a body of the kind it collects whole (async under WSGI, sync
+#: under ASGI); the middleware collects it instead, with the session bound, and warns so.
 ASYNC_STREAM_WARNING: Final = (
     "StreamingHttpResponse must consume asynchronous iterators in order to serve them "
     "synchronously. Use a synchronous iterator instead."
@@ -136,67 +127,6 @@ class FreeplaySessionMiddleware:
         return response
 
 
-class RequestSession(Session):
-    """`request.freeplay_session`: the request's current Freeplay `Session`.
-
-    A `Session` that stands for the one the request has *now*: after `new_session()` it is
-    the new one, as `current_session()` is, so code holding `request.freeplay_session` never
-    records into the conversation the user just left. Its fields (and so the SDK's own
-    methods, `create_trace` ...) read that session.
-    """
-
-    _binding: SessionBinding
-
-    def __init__(self, binding: SessionBinding) -> None:  # no super(): it has no fields
-        self._binding = binding
-
-    @property
-    def session_id(self) -> str:
-        return str(self._binding.session.session_id)
-
-    @session_id.setter
-    def session_id(self, value: str) -> None:
-        self._binding.session.session_id = value
-
-    @property
-    def custom_metadata(self) -> Any:
-        return self._binding.session.custom_metadata
-
-    @custom_metadata.setter
-    def custom_metadata(self, value: Any) -> None:
-        self._binding.session.custom_metadata = value
-
-    @property
-    def _session_info(self) -> Any:  # type: ignore[override]
-        return self._binding.session._session_info
-
-    @property
-    def _call_support(self) -> Any:  # type: ignore[override]
-        return self._binding.session._call_support
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RequestSession):
-            other = other._binding.session
-        return bool(self._binding.session == other)
-
-    __hash__ = None  # type: ignore[assignment]  # like the SDK's Session (a dataclass)
-
-    def __repr__(self) -> str:
-        return f"<RequestSession {self._binding.session_id}>"
-
-
-class FreeplayHttpRequest(HttpRequest):
-    """For type hints in views, like django-htmx's `HtmxHttpRequest`::
-
-        def chat(request: FreeplayHttpRequest) -> HttpResponse:
-            request.freeplay_session.session_id
-
-    `freeplay_session` is None on an excluded path.
-    """
-
-    freeplay_session: Session | None
-
-
 def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rejection | None:
     """The request's binding, a `Rejection`, or None for an excluded path."""
     resolver = config.resolver
@@ -249,47 +179,10 @@ def _add_session(
             secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
         cookie = resolver.cookie(binding, secure)
         assert cookie is not None
-        a = cookie.attributes
-        response.set_cookie(
-            cookie.name,
-            cookie.value,
-            max_age=a.max_age,
-            expires=a.expires,
-            path=a.path,
-            domain=a.domain,
-            secure=a.secure,
-            httponly=a.httponly,
-            samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
-        )
+        response.cookies[cookie.name] = config.morsel(cookie)
 
 
 # -- streaming bodies ----------------------------------------------------------------------
-
-
-def _steps(binding: SessionBinding, iterator: Iterator[bytes]) -> Iterator[bytes]:
-    """Yield from `iterator`, the session bound around each step and unbound in between."""
-    while True:
-        token = bind(binding)
-        try:
-            chunk = next(iterator, _END)
-        finally:
-            unbind(token)
-        if chunk is _END:
-            return
-        yield chunk
-
-
-async def _asteps(binding: SessionBinding, iterator: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`_steps` for an async iterator. Each step binds and unbinds in the task running it."""
-    while True:
-        token = bind(binding)
-        try:
-            chunk = await anext(iterator, _END)
-        finally:
-            unbind(token)
-        if chunk is _END:
-            return
-        yield chunk
 
 
 async def _aprepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -301,7 +194,7 @@ async def _aprepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[b
 
 
 def _collect_sync(binding: SessionBinding, iterator: Iterator[bytes]) -> list[bytes]:
-    return list(_steps(binding, iterator))
+    return list(bound_steps(binding, iterator))
 
 
 async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
@@ -310,7 +203,7 @@ async def _replay(chunks: list[bytes]) -> AsyncIterator[bytes]:
 
 
 async def _collect(binding: SessionBinding, iterator: AsyncIterator[bytes]) -> list[bytes]:
-    return [chunk async for chunk in _asteps(binding, iterator)]
+    return [chunk async for chunk in abound_steps(binding, iterator)]
 
 
 def _prefetch(
@@ -329,7 +222,7 @@ def _prefetch(
         except Exception as exc:
             return response_for_exception(request, exc)
         return response
-    stream = _steps(binding, response.streaming_content)  # type: ignore[arg-type]
+    stream = bound_steps(binding, response.streaming_content)  # type: ignore[arg-type]
     try:
         first = next(stream, _END)
     except Exception as exc:
@@ -354,7 +247,7 @@ async def _aprefetch(
             )
             response.streaming_content = _replay(chunks)
             return response
-        astream = _asteps(binding, response.streaming_content)  # type: ignore[arg-type]
+        astream = abound_steps(binding, response.streaming_content)  # type: ignore[arg-type]
         first = await anext(astream, _END)
     except Exception as exc:
         return await sync_to_async(response_for_exception, thread_sensitive=False)(request, exc)

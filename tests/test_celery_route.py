@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,79 @@ def test_a_pool_process_killed_mid_delivery_loses_nothing(
     assert "WorkerLostError" in worker.log()
     time.sleep(1.0)
     assert len(_stored_ids(freeplay)) == len(ids)  # stored once each, however often sent
+
+
+# -- the request path: the route's own connections ----------------------------------------
+
+
+class _Capture:
+    """A `via=` route that keeps the operations `record()` makes."""
+
+    def __init__(self) -> None:
+        self.ops: list[Any] = []
+
+    def submit(self, op: Any) -> bool:
+        self.ops.append(op)
+        return True
+
+
+def _one_operation(freeplay: LocalFreeplay) -> Any:
+    capture = _Capture()
+    _record_some(_routed_client(freeplay, capture), 1)
+    (op,) = capture.ops
+    return op
+
+
+def test_a_redis_socket_broker_url_publishes_over_the_unix_socket(
+    freeplay: LocalFreeplay, worker: Worker, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(Celery("web-unix", broker=redis_server.socket_url))
+    client = _routed_client(freeplay, route)
+    _, ids = _record_some(client, 3)
+    unix_clients = [c for c in redis_server.client().client_list() if "U" in c["flags"]]
+    assert [c["addr"].rsplit(":", 1)[0] for c in unix_clients] == [redis_server.socket_path]
+    assert unix_clients[0]["cmd"] == "lpush"
+    # The worker reads the same Redis over TCP and delivers them.
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=30)
+    assert route.published == 3 and route.refused == 0
+
+
+def test_a_connection_closed_while_idle_is_replaced_without_falling_back(
+    freeplay: LocalFreeplay,
+) -> None:
+    op = _one_operation(freeplay)
+    with RedisServer() as server:
+        inspect = server.client()
+        route = CeleryRoute(Celery("web", broker=server.url))
+        assert route.submit(op)
+        assert inspect.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == 1
+        assert route.submit(op)  # the killed connection is found closed, and replaced at once
+        assert (route.published, route.refused) == (2, 0)
+        assert inspect.llen("celery") == 2
+        server.stop()
+        assert not route.submit(op)  # a broker that is gone is still reported as gone
+        assert route.refused == 1
+
+
+def test_a_forked_child_publishes_over_a_connection_of_its_own(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    op = _one_operation(freeplay)
+    inspect = redis_server.client()
+    route = CeleryRoute(Celery("web", broker=redis_server.url), queue="forked-only")
+    assert route.submit(op)  # the parent now keeps an idle connection
+    before = inspect.info("stats")["total_connections_received"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if route.submit(op) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert inspect.info("stats")["total_connections_received"] == before + 1  # the child's own
+    assert route.submit(op)  # the parent's connection was left alone
+    assert inspect.llen("forked-only") == 3
+    inspect.delete("forked-only")
 
 
 # -- the request path when the broker is unreachable --------------------------------------

@@ -9,7 +9,8 @@ times, one call at a time with `perf_counter_ns`, in an order that rotates from 
 round so that no case always runs first:
 
 - `lpush`: a bare redis-py `Redis.lpush` of the bytes the route writes for one
-  `record()` (the floor: one round trip to Redis and redis-py's own cost);
+  `record()` (one round trip to Redis, through redis-py's connection pool);
+- `own lpush`: the same bytes through the route's own LPUSH (its kept connections);
 - `route`: `record()` (a two-message completion inside `session_scope`) with
   `configure_recording(via=app)`; it returns once Redis holds the message;
 - `apply_async`: `record()` with a route that calls Celery's own
@@ -18,7 +19,10 @@ round so that no case always runs first:
 - each of those three over TCP loopback (`redis://127.0.0.1:PORT/0`) and over the unix
   socket (`redis+socket:///.../redis.sock`);
 - `in-process`: `record()` on the default route (the recorder's own queue and threads),
-  for comparison; Freeplay is the local server.
+  for comparison; Freeplay is the local server;
+- the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
+  (with a route that takes the operation and does nothing), `op.to_json()`,
+  `json.dumps` of its result, and the message built around it (`envelope`).
 
 Prints, per round, each case's median and p99 and the load average; then the median over
 rounds of each, the ratios that matter (route / lpush, apply_async / route, unix / tcp), and
@@ -28,6 +32,7 @@ whether `record()` on the route met 100 µs at p99.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -51,6 +56,16 @@ MESSAGES = [
 WARM_UP = 200
 TARGET_P99_US = 100.0
 QUEUE = "celery"
+
+
+class NullRoute:
+    """A `via=` route that keeps the last operation and sends nothing: `record()` alone."""
+
+    op: Any = None
+
+    def submit(self, op: Any) -> bool:
+        self.op = op
+        return True
 
 
 class ApplyAsyncRoute:
@@ -79,9 +94,9 @@ def _records(client: Any, n: int) -> list[float]:
         return _time(lambda i: record(all_messages=MESSAGES, inputs={"i": i}), n)
 
 
-def _lpushes(redis_client: Any, message: bytes, n: int) -> list[float]:
-    _time(lambda i: redis_client.lpush(QUEUE, message), WARM_UP)
-    return _time(lambda i: redis_client.lpush(QUEUE, message), n)
+def _calls(call: Callable[[], object], n: int) -> list[float]:
+    _time(lambda i: call(), WARM_UP)
+    return _time(lambda i: call(), n)
 
 
 def _stats(timings: list[float]) -> dict[str, float]:
@@ -102,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
     from celery import Celery
 
+    from freeplay_integrations._celery_route import _Envelope, _redis_lpush
     from freeplay_integrations.celery import register_delivery_task
 
     print(
@@ -124,12 +140,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_recording(naive, via=ApplyAsyncRoute(task))
             _records(routed, 1)
             message = inspect.lindex(QUEUE, 0)  # the bytes the route wrote for one record()
-            cases[f"lpush {transport}"] = lambda r=bare, m=message: _lpushes(r, m, args.records)
+            own = _redis_lpush(app, QUEUE, 1.0)
+            cases[f"lpush {transport}"] = lambda r=bare, m=message: _calls(
+                lambda: r.lpush(QUEUE, m), args.records
+            )
+            cases[f"own lpush {transport}"] = lambda o=own, m=message: _calls(
+                lambda: o(m), args.records
+            )
             cases[f"route {transport}"] = lambda c=routed: _records(c, args.records)
             cases[f"apply_async {transport}"] = lambda c=naive: _records(c, args.records)
         local = freeplay.client()
         cases["in-process"] = lambda: _records(local, args.records)
-        print(f"one message: {len(message)} bytes")
+        null, alone = NullRoute(), freeplay.client()
+        configure_recording(alone, via=null)
+        _records(alone, 1)
+        op, envelope = null.op, _Envelope(QUEUE, "0@bench")
+        op_dict, op_text = op.to_json(), json.dumps(op.to_json())
+        cases["record() alone"] = lambda: _records(alone, args.records)
+        cases["op.to_json()"] = lambda: _calls(op.to_json, args.records)
+        cases["json.dumps"] = lambda: _calls(lambda: json.dumps(op_dict), args.records)
+        cases["envelope"] = lambda: _calls(lambda: envelope.message(op_text, op.kind), args.records)
+        print(f"one message: {len(message)} bytes; the operation's JSON: {len(op_text)} bytes")
 
         names = list(cases)
         results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
@@ -151,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(f"\nmedian over {args.rounds} rounds of {args.records} calls each (load {_load()}):")
     for name, s in summary.items():
-        print(f"  {name:>17}: median {s['median']:7.1f} µs   p99 {s['p99']:7.1f} µs")
+        print(f"  {name:>16}: median {s['median']:7.1f} µs   p99 {s['p99']:7.1f} µs")
 
     def ratio(a: str, b: str) -> str:
         return "  ".join(f"{k} {summary[a][k] / summary[b][k]:.2f}x" for k in ("median", "p99"))
@@ -161,8 +192,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         route, lpush, naive = (f"{c} {transport}" for c in ("route", "lpush", "apply_async"))
         print(f"  {route} / {lpush}: {ratio(route, lpush)}")
         print(f"  {naive} / {route}: {ratio(naive, route)}")
+    for transport in ("tcp", "unix"):
+        own, lpush = f"own lpush {transport}", f"lpush {transport}"
+        print(f"  {own} / {lpush}: {ratio(own, lpush)}")
     for case in ("lpush", "route"):
         print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
+    before = ("record() alone", "op.to_json()", "json.dumps", "envelope")
+    parts = sum(summary[name]["median"] for name in before)
+    print(f"the route's record() in parts (medians): {' + '.join(before)} = {parts:.1f} µs")
+    for transport in ("tcp", "unix"):
+        own, route = summary[f"own lpush {transport}"]["median"], f"route {transport}"
+        print(
+            f"  + own lpush {transport} {own:.1f} = {parts + own:.1f} µs"
+            f" (measured {route}: {summary[route]['median']:.1f} µs)"
+        )
     for transport in ("tcp", "unix"):
         p99 = summary[f"route {transport}"]["p99"]
         verdict = "met" if p99 <= TARGET_P99_US else "NOT met"

@@ -38,7 +38,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -54,10 +53,13 @@ from ._recording import Operation, Recorder, SdkTransport, operation_from_json, 
 from ._recording._operations import session_ref
 from ._recording._scheduler import SPOOLED_STATUSES
 
+#: `to_json()` returns a fresh tree of JSON values: no cycles to look for.
+_encode_json = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
+
 
 def _op_json(op: Operation) -> str:
     """`op` as the JSON text of a mapping that includes its `kind`."""
-    return json.dumps(op.to_json())
+    return _encode_json(op.to_json())
 
 
 def _op_from_json(data: Mapping[str, Any]) -> Operation:
@@ -338,10 +340,17 @@ class _Envelope:
         body = f"[[{op_json}], {{}}, {_EMBED}]".encode()
         values = {
             b"body": b'"' + base64.b64encode(body) + b'"',
-            b"id": b'"' + str(uuid.uuid4()).encode("ascii") + b'"',
+            b"id": b'"' + _uuid4() + b'"',
             b"argsrepr": argsrepr,
         }
         return self._format % values
+
+
+def _uuid4() -> bytes:
+    """A random (version 4) UUID's text, as `str(uuid.uuid4())` gives it, in half the time."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}".encode("ascii")
 
 
 class _RedisLpush:

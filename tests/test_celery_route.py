@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -147,6 +148,23 @@ def test_messages_are_json_tasks_for_the_delivery_task(
     assert op["session_id"] == session_id
     assert op["data"]["completion_id"] == completion_id
     assert route.published == 1
+
+
+def test_each_message_carries_its_own_version_4_uuid(
+    freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(app, queue="ids-only")  # no worker consumes this queue
+    _record_some(_routed_client(freeplay, route), 200)
+    messages = [json.loads(raw) for raw in redis_server.client().lrange("ids-only", 0, -1)]
+    ids = {m["headers"]["id"] for m in messages}
+    assert len(ids) == 200
+    for m in messages:
+        task_id = uuid.UUID(m["headers"]["id"])
+        assert (task_id.version, task_id.variant) == (4, uuid.RFC_4122)
+        assert str(task_id) == m["headers"]["id"]
+        assert m["headers"]["root_id"] == m["properties"]["correlation_id"] == str(task_id)
+        assert m["properties"]["delivery_tag"] == str(task_id)
+    redis_server.client().delete("ids-only")
 
 
 def test_a_pickled_message_is_refused_by_the_worker(

@@ -14,7 +14,11 @@ Web side (`CeleryRoute.submit`, on the request path): the operation's own JSON f
 task's only argument, published with `serializer="json"`. On a Redis broker the message is
 written with one `LPUSH` (what kombu's Redis transport writes, without Celery's publish
 machinery), so `record()` returns once Redis holds it: a web process killed right after
-loses nothing it recorded. Other brokers go through `send_task(..., retry=False)`.
+loses nothing it recorded. That LPUSH is the request path's cost, so it is kept short: the
+message's constant parts are serialised once per route (`_Envelope`), and the command goes
+over connections the route keeps (`_RedisLpush`: no pool lock or health check per call).
+`redis+socket:///path` brokers are reached over Redis's unix socket, `redis://` and
+`rediss://` over TCP. Other brokers go through `send_task(..., retry=False)`.
 When the broker cannot be reached within `publish_timeout`, `submit` returns False (the
 recorder then delivers in-process, with its spool) and the broker is not tried again for
 `retry_interval` seconds, so a dead broker costs one timeout, not one per recording.
@@ -263,7 +267,6 @@ def _redis_lpush(app: Celery, queue: str, timeout: float) -> _RedisLpush | None:
                 "username": connection.userid or None,
                 "password": connection.password or None,
                 "ssl": driver == "rediss" or bool(connection.ssl),
-                "socket_connect_timeout": timeout,
             }
             virtual_host = str(connection.virtual_host or "0")
         virtual_host = virtual_host.strip("/") or "0"
@@ -274,7 +277,7 @@ def _redis_lpush(app: Celery, queue: str, timeout: float) -> _RedisLpush | None:
             health_check_interval=0,
             **address,
         )
-        return _RedisLpush(client, str(options.get("global_keyprefix", "")) + queue)
+        return _RedisLpush(client, str(options.get("global_keyprefix", "")) + queue, timeout)
     finally:
         connection.release()
 
@@ -363,10 +366,14 @@ class _RedisLpush:
     child starts with no connections (its parent's sockets are not its own).
     """
 
-    def __init__(self, client: Any, key: str) -> None:
+    def __init__(self, client: Any, key: str, connect_timeout: float) -> None:
         pool = client.connection_pool
         self._connection_class = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
+        # redis.Redis() leaves the connect timeout out for a unix socket: it is set here.
+        self._connection_kwargs = {
+            **pool.connection_kwargs,
+            "socket_connect_timeout": connect_timeout,
+        }
         key_bytes = key.encode()
         self._head = b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$" % (len(key_bytes), key_bytes)
         self._idle: deque[Any] = deque()

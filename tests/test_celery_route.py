@@ -325,14 +325,21 @@ def test_an_unreachable_broker_falls_back_to_in_process_delivery(
     assert sum(broker_down in r.getMessage() for r in caplog.records) == 1
 
 
-def test_a_hung_broker_costs_the_request_one_publish_timeout(freeplay: LocalFreeplay) -> None:
-    with socket.socket() as silent:  # accepts connections, never answers
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_hung_broker_costs_the_request_one_publish_timeout(
+    freeplay: LocalFreeplay, workdir: Path, family: str
+) -> None:
+    if family == "tcp":
+        silent = socket.socket()
         silent.bind(("127.0.0.1", 0))
+        broker = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    else:
+        silent = socket.socket(socket.AF_UNIX)
+        silent.bind(str(workdir / "hung.sock"))
+        broker = f"redis+socket://{workdir / 'hung.sock'}"
+    with silent:  # accepts connections, never answers
         silent.listen(16)
-        port = silent.getsockname()[1]
-        route = CeleryRoute(
-            Celery("hung", broker=f"redis://127.0.0.1:{port}/0"), publish_timeout=0.2
-        )
+        route = CeleryRoute(Celery("hung", broker=broker), publish_timeout=0.2)
         client = _routed_client(freeplay, route)
         started = time.monotonic()
         _, ids = _record_some(client, 5)

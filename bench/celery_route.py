@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for transport in ("tcp", "unix"):
         own, lpush = f"own lpush {transport}", f"lpush {transport}"
         print(f"  {own} / {lpush}: {ratio(own, lpush)}")
-    for case in ("lpush", "route"):
+    for case in ("lpush", "own lpush", "route"):
         print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
     before = ("record() alone", "op.to_json()", "json.dumps", "envelope")
     parts = sum(summary[name]["median"] for name in before)

@@ -1,7 +1,8 @@
 """Real parts for the Celery route's tests and figures: Redis, a Celery worker, a web app.
 
-- `RedisServer`: `redis-server` (the Debian package) on a free loopback port, data in a
-  temporary directory, no persistence; stopped (or SIGKILLed) by the caller.
+- `RedisServer`: `redis-server` (the Debian package) on a free loopback port and a unix
+  socket, data in a temporary directory, no persistence; stopped (or SIGKILLed) by the
+  caller.
 - `Worker`: `celery -A celery_apps worker` with the default prefork pool, delivering into the
   Freeplay named by `FREEPLAY_API_BASE`; its own spool in the work directory.
 - `Web`: this file run as `python bench/celery_apps.py web`, under waitress: the WSGI
@@ -100,16 +101,20 @@ def __getattr__(name: str) -> Any:  # `celery -A celery_apps` looks up `app`
 
 
 class RedisServer:
-    """`redis-server` on a free loopback port, in a temporary directory."""
+    """`redis-server` on a free loopback port (`url`) and a unix socket (`socket_url`), in a
+    temporary directory."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="freeplay-redis-")
+        self.socket_path = os.path.join(self.dir, "redis.sock")
         self.process = subprocess.Popen(
             [
                 "redis-server",
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
+                "--unixsocket", self.socket_path,
+                "--unixsocketperm", "700",
                 "--dir", self.dir,
                 "--save", "",
                 "--appendonly", "no",
@@ -123,6 +128,11 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def socket_url(self) -> str:
+        """The same server over its unix-domain socket (kombu's `redis+socket://`)."""
+        return f"redis+socket://{self.socket_path}"
 
     def ping(self) -> bool:
         if self.process.poll() is not None:

@@ -1,30 +1,46 @@
 """How long `record()` takes on the request path with the Celery route, on a local Redis.
 
-    .venv/bin/python bench/celery_route.py                 # 7 rounds of 5,000 records
-    .venv/bin/python bench/celery_route.py --rounds 3 --records 2000
+    .venv/bin/python bench/celery_route.py                 # 7 rounds of 2,000 calls
+    .venv/bin/python bench/celery_route.py --rounds 5 --records 2000
 
-Each round times `record()` (a two-message completion inside `session_scope`) once per
-call with `perf_counter_ns`, interleaving the routes round by round:
+One `redis-server` is started here, listening on a free loopback port and on a unix socket;
+no worker runs (the queue is emptied between rounds, outside the timings). Each round
+times, one call at a time with `perf_counter_ns`, in an order that rotates from round to
+round so that no case always runs first:
 
-- `celery`: `configure_recording(via=app)`, a `redis-server` started here on a free
-  loopback port (no worker: the queue only grows, as a broker does when workers lag);
-  `record()` returns once Redis holds the message;
-- `in-process`: the default route (the bounded queue of the recorder's own threads),
-  for comparison. Freeplay is the local server; its answers do not matter here.
+- `lpush`: a bare redis-py `Redis.lpush` of the bytes the route writes for one
+  `record()` (one round trip to Redis, through redis-py's connection pool);
+- `own lpush`: the same bytes through the route's own LPUSH (its kept connections);
+- `route`: `record()` (a two-message completion inside `session_scope`) with
+  `configure_recording(via=app)`; it returns once Redis holds the message;
+- `apply_async`: `record()` with a route that calls Celery's own
+  `task.apply_async(args=(op.to_json(),))` on the delivery task, what a user would write
+  without this package's route (also returns once Redis holds the message);
+- each of those three over TCP loopback (`redis://127.0.0.1:PORT/0`) and over the unix
+  socket (`redis+socket:///.../redis.sock`);
+- `in-process`: `record()` on the default route (the recorder's own queue and threads),
+  for comparison; Freeplay is the local server;
+- the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
+  (with a route that takes the operation and does nothing), `op.to_json()`,
+  `json.dumps` of its result, and the message built around it (`envelope`).
 
-Prints median, p90, p99 and max per round, then the median over rounds of each.
+Prints, per round, each case's median and p99 and the load average; then the median over
+rounds of each, the ratios that matter (route / lpush, apply_async / route, unix / tcp), and
+whether `record()` on the route met 100 µs at p99.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -37,61 +53,164 @@ MESSAGES = [
     {"role": "user", "content": "What is the capital of France?"},
     {"role": "assistant", "content": "Paris is the capital of France. " * 4},
 ]
+WARM_UP = 200
+TARGET_P99_US = 100.0
+QUEUE = "celery"
 
 
-def _round(client: object, records: int) -> list[float]:
+class NullRoute:
+    """A `via=` route that keeps the last operation and sends nothing: `record()` alone."""
+
+    op: Any = None
+
+    def submit(self, op: Any) -> bool:
+        self.op = op
+        return True
+
+
+class ApplyAsyncRoute:
+    """A `via=` route that publishes with Celery's own `apply_async` (for comparison)."""
+
+    def __init__(self, task: Any) -> None:
+        self._task = task
+
+    def submit(self, op: Any) -> bool:
+        self._task.apply_async(args=(op.to_json(),))
+        return True
+
+
+def _time(call: Callable[[int], object], n: int) -> list[float]:
     timings: list[float] = []
-    with session_scope(client, project_id=DEFAULT_PROJECT_ID) as _:  # type: ignore[arg-type]
-        for i in range(200):  # warm-up: connections, caches
-            record(all_messages=MESSAGES, inputs={"i": i})
-        for i in range(records):
-            started = time.perf_counter_ns()
-            record(all_messages=MESSAGES, inputs={"i": i})
-            timings.append((time.perf_counter_ns() - started) / 1000)
+    for i in range(n):
+        started = time.perf_counter_ns()
+        call(i)
+        timings.append((time.perf_counter_ns() - started) / 1000)
     return timings
+
+
+def _records(client: Any, n: int) -> list[float]:
+    with session_scope(client, project_id=DEFAULT_PROJECT_ID):
+        _time(lambda i: record(all_messages=MESSAGES, inputs={"i": i}), WARM_UP)
+        return _time(lambda i: record(all_messages=MESSAGES, inputs={"i": i}), n)
+
+
+def _calls(call: Callable[[], object], n: int) -> list[float]:
+    _time(lambda i: call(), WARM_UP)
+    return _time(lambda i: call(), n)
 
 
 def _stats(timings: list[float]) -> dict[str, float]:
     ordered = sorted(timings)
     n = len(ordered)
-    return {
-        "median": statistics.median(ordered),
-        "p90": ordered[int(n * 0.90)],
-        "p99": ordered[min(n - 1, int(n * 0.99))],
-        "max": ordered[-1],
-    }
+    return {"median": statistics.median(ordered), "p99": ordered[min(n - 1, int(n * 0.99))]}
+
+
+def _load() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--records", type=int, default=5000)
+    parser.add_argument("--records", type=int, default=2000)
     args = parser.parse_args(argv)
+    import redis
     from celery import Celery
 
-    results: dict[str, list[dict[str, float]]] = {"celery": [], "in-process": []}
+    from freeplay_integrations._celery_route import _Envelope, _redis_lpush
+    from freeplay_integrations.celery import register_delivery_task
+
+    print(
+        f"{os.cpu_count()} CPUs, load average {_load()} at the start; redis-py {redis.__version__}"
+        f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}); {args.rounds} rounds of {args.records}"
+    )
     spool_dir = tempfile.mkdtemp(prefix="freeplay-bench-")
     configure_recording(spool_path=os.path.join(spool_dir, "spool.jsonl"))
-    with LocalFreeplay() as freeplay, RedisServer() as redis_server:
-        routed = freeplay.client()
-        configure_recording(routed, via=Celery("bench", broker=redis_server.url))
+    with LocalFreeplay() as freeplay, RedisServer() as server:
+        cases: dict[str, Callable[[], list[float]]] = {}
+        inspect = server.client()
+        for transport, url, bare in (
+            ("tcp", server.url, redis.Redis(host="127.0.0.1", port=server.port)),
+            ("unix", server.socket_url, redis.Redis(unix_socket_path=server.socket_path)),
+        ):
+            app = Celery(f"bench-{transport}", broker=url)
+            task = register_delivery_task(app, client=freeplay.client())
+            routed, naive = freeplay.client(), freeplay.client()
+            configure_recording(routed, via=app)
+            configure_recording(naive, via=ApplyAsyncRoute(task))
+            _records(routed, 1)
+            message = inspect.lindex(QUEUE, 0)  # the bytes the route wrote for one record()
+            own = _redis_lpush(app, QUEUE, 1.0)
+            cases[f"lpush {transport}"] = lambda r=bare, m=message: _calls(
+                lambda: r.lpush(QUEUE, m), args.records
+            )
+            cases[f"own lpush {transport}"] = lambda o=own, m=message: _calls(
+                lambda: o(m), args.records
+            )
+            cases[f"route {transport}"] = lambda c=routed: _records(c, args.records)
+            cases[f"apply_async {transport}"] = lambda c=naive: _records(c, args.records)
         local = freeplay.client()
+        cases["in-process"] = lambda: _records(local, args.records)
+        null, alone = NullRoute(), freeplay.client()
+        configure_recording(alone, via=null)
+        _records(alone, 1)
+        op, envelope = null.op, _Envelope(QUEUE, "0@bench")
+        op_dict, op_text = op.to_json(), json.dumps(op.to_json())
+        cases["record() alone"] = lambda: _records(alone, args.records)
+        cases["op.to_json()"] = lambda: _calls(op.to_json, args.records)
+        cases["json.dumps"] = lambda: _calls(lambda: json.dumps(op_dict), args.records)
+        cases["envelope"] = lambda: _calls(lambda: envelope.message(op_text, op.kind), args.records)
+        print(f"one message: {len(message)} bytes; the operation's JSON: {len(op_text)} bytes")
+
+        names = list(cases)
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in names}
         for n in range(args.rounds):
-            for name, client in (("celery", routed), ("in-process", local)):
-                stats = _stats(_round(client, args.records))
-                flush(60)  # the in-process route's threads do not run into the next round
+            order = names[n % len(names) :] + names[: n % len(names)]
+            cells = []
+            for name in order:
+                inspect.delete(QUEUE)
+                stats = _stats(cases[name]())
+                flush(60)  # the in-process route's threads do not run into the next case
                 results[name].append(stats)
-                print(
-                    f"round {n + 1} {name:>10}: "
-                    + "  ".join(f"{k} {v:6.1f} µs" for k, v in stats.items()),
-                    flush=True,
-                )
-        queued = redis_server.client().llen("celery")
-    print(f"\nmessages in Redis: {queued}")
-    print(f"median over {args.rounds} rounds of {args.records} record() calls each:")
-    for name, rounds in results.items():
-        summary = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-        print(f"  {name:>10}: " + "  ".join(f"{k} {v:6.1f} µs" for k, v in summary.items()))
+                cells.append(f"{name} {stats['median']:.0f}/{stats['p99']:.0f}")
+            print(f"round {n + 1} (load {_load()}), median/p99 µs: " + ", ".join(cells), flush=True)
+        inspect.delete(QUEUE)
+
+    summary = {
+        name: {k: statistics.median(r[k] for r in rounds) for k in ("median", "p99")}
+        for name, rounds in results.items()
+    }
+    print(f"\nmedian over {args.rounds} rounds of {args.records} calls each (load {_load()}):")
+    for name, s in summary.items():
+        print(f"  {name:>16}: median {s['median']:7.1f} µs   p99 {s['p99']:7.1f} µs")
+
+    def ratio(a: str, b: str) -> str:
+        return "  ".join(f"{k} {summary[a][k] / summary[b][k]:.2f}x" for k in ("median", "p99"))
+
+    print("ratios:")
+    for transport in ("tcp", "unix"):
+        route, lpush, naive = (f"{c} {transport}" for c in ("route", "lpush", "apply_async"))
+        print(f"  {route} / {lpush}: {ratio(route, lpush)}")
+        print(f"  {naive} / {route}: {ratio(naive, route)}")
+    for transport in ("tcp", "unix"):
+        own, lpush = f"own lpush {transport}", f"lpush {transport}"
+        print(f"  {own} / {lpush}: {ratio(own, lpush)}")
+    for case in ("lpush", "own lpush", "route"):
+        print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
+    before = ("record() alone", "op.to_json()", "json.dumps", "envelope")
+    parts = sum(summary[name]["median"] for name in before)
+    print(f"the route's record() in parts (medians): {' + '.join(before)} = {parts:.1f} µs")
+    for transport in ("tcp", "unix"):
+        own, route = summary[f"own lpush {transport}"]["median"], f"route {transport}"
+        print(
+            f"  + own lpush {transport} {own:.1f} = {parts + own:.1f} µs"
+            f" (measured {route}: {summary[route]['median']:.1f} µs)"
+        )
+    for transport in ("tcp", "unix"):
+        p99 = summary[f"route {transport}"]["p99"]
+        verdict = "met" if p99 <= TARGET_P99_US else "NOT met"
+        target = f"record() p99 <= {TARGET_P99_US:.0f} µs over {transport}"
+        print(f"target: {target}: {verdict} ({p99:.1f} µs)")
     return 0
 
 

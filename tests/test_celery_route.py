@@ -16,6 +16,8 @@ import signal
 import socket
 import threading
 import time
+import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,23 @@ def test_messages_are_json_tasks_for_the_delivery_task(
     assert route.published == 1
 
 
+def test_each_message_carries_its_own_version_4_uuid(
+    freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(app, queue="ids-only")  # no worker consumes this queue
+    _record_some(_routed_client(freeplay, route), 200)
+    messages = [json.loads(raw) for raw in redis_server.client().lrange("ids-only", 0, -1)]
+    ids = {m["headers"]["id"] for m in messages}
+    assert len(ids) == 200
+    for m in messages:
+        task_id = uuid.UUID(m["headers"]["id"])
+        assert (task_id.version, task_id.variant) == (4, uuid.RFC_4122)
+        assert str(task_id) == m["headers"]["id"]
+        assert m["headers"]["root_id"] == m["properties"]["correlation_id"] == str(task_id)
+        assert m["properties"]["delivery_tag"] == str(task_id)
+    redis_server.client().delete("ids-only")
+
+
 def test_a_pickled_message_is_refused_by_the_worker(
     freeplay: LocalFreeplay, worker: Worker, app: Celery
 ) -> None:
@@ -213,6 +232,79 @@ def test_a_pool_process_killed_mid_delivery_loses_nothing(
     assert len(_stored_ids(freeplay)) == len(ids)  # stored once each, however often sent
 
 
+# -- the request path: the route's own connections ----------------------------------------
+
+
+class _Capture:
+    """A `via=` route that keeps the operations `record()` makes."""
+
+    def __init__(self) -> None:
+        self.ops: list[Any] = []
+
+    def submit(self, op: Any) -> bool:
+        self.ops.append(op)
+        return True
+
+
+def _one_operation(freeplay: LocalFreeplay) -> Any:
+    capture = _Capture()
+    _record_some(_routed_client(freeplay, capture), 1)
+    (op,) = capture.ops
+    return op
+
+
+def test_a_redis_socket_broker_url_publishes_over_the_unix_socket(
+    freeplay: LocalFreeplay, worker: Worker, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(Celery("web-unix", broker=redis_server.socket_url))
+    client = _routed_client(freeplay, route)
+    _, ids = _record_some(client, 3)
+    unix_clients = [c for c in redis_server.client().client_list() if "U" in c["flags"]]
+    assert [c["addr"].rsplit(":", 1)[0] for c in unix_clients] == [redis_server.socket_path]
+    assert unix_clients[0]["cmd"] == "lpush"
+    # The worker reads the same Redis over TCP and delivers them.
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=30)
+    assert route.published == 3 and route.refused == 0
+
+
+def test_a_connection_closed_while_idle_is_replaced_without_falling_back(
+    freeplay: LocalFreeplay,
+) -> None:
+    op = _one_operation(freeplay)
+    with RedisServer() as server:
+        inspect = server.client()
+        route = CeleryRoute(Celery("web", broker=server.url))
+        assert route.submit(op)
+        assert inspect.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes") == 1
+        assert route.submit(op)  # the killed connection is found closed, and replaced at once
+        assert (route.published, route.refused) == (2, 0)
+        assert inspect.llen("celery") == 2
+        server.stop()
+        assert not route.submit(op)  # a broker that is gone is still reported as gone
+        assert route.refused == 1
+
+
+def test_a_forked_child_publishes_over_a_connection_of_its_own(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    op = _one_operation(freeplay)
+    inspect = redis_server.client()
+    route = CeleryRoute(Celery("web", broker=redis_server.url), queue="forked-only")
+    assert route.submit(op)  # the parent now keeps an idle connection
+    before = inspect.info("stats")["total_connections_received"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0 if route.submit(op) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert inspect.info("stats")["total_connections_received"] == before + 1  # the child's own
+    assert route.submit(op)  # the parent's connection was left alone
+    assert inspect.llen("forked-only") == 3
+    inspect.delete("forked-only")
+
+
 # -- the request path when the broker is unreachable --------------------------------------
 
 
@@ -233,14 +325,21 @@ def test_an_unreachable_broker_falls_back_to_in_process_delivery(
     assert sum(broker_down in r.getMessage() for r in caplog.records) == 1
 
 
-def test_a_hung_broker_costs_the_request_one_publish_timeout(freeplay: LocalFreeplay) -> None:
-    with socket.socket() as silent:  # accepts connections, never answers
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_hung_broker_costs_the_request_one_publish_timeout(
+    freeplay: LocalFreeplay, workdir: Path, family: str
+) -> None:
+    if family == "tcp":
+        silent = socket.socket()
         silent.bind(("127.0.0.1", 0))
+        broker = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    else:
+        silent = socket.socket(socket.AF_UNIX)
+        silent.bind(str(workdir / "hung.sock"))
+        broker = f"redis+socket://{workdir / 'hung.sock'}"
+    with silent:  # accepts connections, never answers
         silent.listen(16)
-        port = silent.getsockname()[1]
-        route = CeleryRoute(
-            Celery("hung", broker=f"redis://127.0.0.1:{port}/0"), publish_timeout=0.2
-        )
+        route = CeleryRoute(Celery("hung", broker=broker), publish_timeout=0.2)
         client = _routed_client(freeplay, route)
         started = time.monotonic()
         _, ids = _record_some(client, 5)

@@ -204,7 +204,6 @@ class SessionResolver:
         "_client",
         "_expired_text",
         "_header_first",
-        "_known",
         "_plain",
         "_project_id",
         "_recording",
@@ -218,6 +217,7 @@ class SessionResolver:
         "expose_default",
         "header_key",
         "header_name",
+        "known",
         "set_cookie",
         "settings",
         "wants_request",
@@ -225,7 +225,8 @@ class SessionResolver:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._known: dict[str, tuple[str, int | None]] = {}
+        #: Valid values clients sent: raw value -> (session ID, deadline). See `parse`.
+        self.known: dict[str, tuple[str, int | None]] = {}
         self._sources = tuple(
             _HEADER if s == _HEADER else _BAGGAGE if s == _BAGGAGE else "cookie"
             for s in settings.sources
@@ -285,7 +286,7 @@ class SessionResolver:
         so a returning client's ID, or signed token, is not parsed and verified again on
         every request; with `signed_max_age`, until its token expires. Invalid values are
         never remembered."""
-        known = self._known.get(raw)
+        known = self.known.get(raw)
         if known is not None and (known[1] is None or time.time() <= known[1]):
             return known[0]
         signer = self.settings.signer
@@ -298,9 +299,9 @@ class SessionResolver:
             if session_id is not None and signer.max_age is not None:
                 deadline = int(raw.split(".")[1], 36) + signer.max_age
         if session_id is not None:
-            if len(self._known) >= KNOWN_VALUES:
-                self._known.clear()
-            self._known[raw] = (session_id, deadline)
+            if len(self.known) >= KNOWN_VALUES:
+                self.known.clear()
+            self.known[raw] = (session_id, deadline)
         return session_id
 
     def resolve(
@@ -318,9 +319,17 @@ class SessionResolver:
         """
         if self._plain:  # no hooks: the common requests take the shortest way
             if header_value and self._header_first:
-                known = self._known.get(header_value)
-                if known is not None and known[1] is None:
-                    return self._bind(known[0], None)
+                known = self.known.get(header_value)
+                if known is not None and known[1] is None:  # `_bind`, inlined: per request
+                    return SessionBinding(
+                        None,
+                        self._client,
+                        self._project_id,
+                        self._recording,
+                        self._signer,
+                        known[0],
+                        None,
+                    )
             elif not header_value and not cookie_header and not baggage_header:
                 return self._bind(None, None)
         settings = self.settings

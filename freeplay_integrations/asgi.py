@@ -23,7 +23,7 @@ from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Sen
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
 from ._recording import flush, shutdown_timeout
-from ._web import Rejection, SessionResolver
+from ._web import KNOWN_VALUES, Rejection, SessionResolver
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -93,6 +93,11 @@ class FreeplaySessionMiddleware:
             secure: tuple(part.encode("latin-1") for part in resolver.cookie_fragments(secure))
             for secure in (False, True)
         }
+        self._headers_cache: dict[bool, dict[str, tuple[tuple[bytes, bytes], ...]]] = {
+            False: {},
+            True: {},
+        }
+        self._known = resolver.known
         self._exclude_paths = resolver.exclude_paths
         self._connection: Any = _connection_class() if resolver.wants_request else None
         self._baggage = resolver.baggage
@@ -196,7 +201,7 @@ class FreeplaySessionMiddleware:
                 cookie = self.resolver.cookie_header(binding, secure)
                 headers.append((_SET_COOKIE, cookie.encode("latin-1")))
             return message
-        token = binding.token.encode("latin-1")
+        token = binding.token
         key = self._echo_key
         if key is not None:
             for name, value in headers:
@@ -204,14 +209,34 @@ class FreeplaySessionMiddleware:
                     merged = self.resolver.expose(value.decode("latin-1"))
                     if merged is not None:
                         headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
-                    headers.append((key, token))
-                    break
-            else:
-                headers += (self._expose_header, (key, token))
-        if self._set_cookie:
-            prefix, suffix = self._cookie_fragments[secure]
-            headers.append((_SET_COOKIE, prefix + token + suffix))
+                    headers.append((key, token.encode("latin-1")))
+                    if self._set_cookie:
+                        prefix, suffix = self._cookie_fragments[secure]
+                        headers.append((_SET_COOKIE, prefix + token.encode("latin-1") + suffix))
+                    return message
+        headers += self._session_headers(token, secure)
         return message
+
+    def _session_headers(self, token: str, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
+        """The headers a response with no `Access-Control-Expose-Headers` of its own gets
+        for `token`. A token a client sent (one the resolver knows) has them built once, in
+        a cache bounded like the resolver's (`KNOWN_VALUES`, then forgotten all at once)."""
+        cache = self._headers_cache[secure]
+        added = cache.get(token)
+        if added is None:
+            raw = token.encode("latin-1")
+            key = self._echo_key
+            if self._set_cookie:
+                prefix, suffix = self._cookie_fragments[secure]
+                cookie = (_SET_COOKIE, prefix + raw + suffix)
+                added = (cookie,) if key is None else (self._expose_header, (key, raw), cookie)
+            else:
+                added = () if key is None else (self._expose_header, (key, raw))
+            if token in self._known:  # a token a client sends back, not a new session's
+                if len(cache) >= KNOWN_VALUES:
+                    cache.clear()
+                cache[token] = added
+        return added
 
     async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:
         start = {

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
-from ._context import SessionBinding, bind, bound_steps, unbind
+from ._context import SessionBinding, bind, unbind
 from ._web import EXPOSE_HEADERS, Rejection, SessionResolver
 
 if TYPE_CHECKING:
@@ -173,6 +173,11 @@ class _Response:
     takes (each chunk, `close()`) runs with the request's session bound, and unbinds it after.
     """
 
+    headers: Headers
+    real_write: Write
+    inner: Iterable[bytes]
+    iterator: Iterator[bytes]
+
     __slots__ = (
         "binding",
         "headers",
@@ -198,11 +203,9 @@ class _Response:
         self.real_start_response = start_response
         self.secure = scheme == "https"
         self.status: str | None = None
-        self.headers: Headers = []
         self.started = False
-        self.real_write: Write | None = None
-        self.inner: Iterable[bytes] = ()
-        self.iterator: Iterator[bytes] = iter(())
+        # `headers` is set with `status`, `real_write` when the response starts, `inner` and
+        # `iterator` before the server gets the response: not per request twice.
 
     # -- what the app sees ---------------------------------------------------------------
 
@@ -230,20 +233,25 @@ class _Response:
         """The legacy `write()` callable: the headers go out before the first write."""
         if not self.started:
             self._start()
-        assert self.real_write is not None
         self.real_write(data)
 
     # -- what the server sees --------------------------------------------------------------
 
     def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        """One step of the body, with the session bound: the first one starts the response."""
         token = bind(self.binding)
         try:
+            if self.started:
+                return next(self.iterator)
             chunk = self._first_chunk()
         finally:
             unbind(token)
-        if chunk is not _END:
-            yield chunk
-            yield from bound_steps(self.binding, self.iterator)
+        if chunk is _END:
+            raise StopIteration
+        return chunk  # type: ignore[no-any-return]
 
     def close(self) -> None:
         close = getattr(self.inner, "close", None)

@@ -537,18 +537,6 @@ def test_expose_headers_are_merged_with_the_views_own() -> None:
     assert response[EXPOSE] == f"X-Other, {HEADER}"
 
 
-def test_headers_are_stored_as_response_setitem_stores_them() -> None:
-    """The middleware writes into `response.headers` directly: the entries must be the ones
-    `response[name] = value` makes, the view's own expose header keeping its spelling."""
-    for path in ("/sync/", "/expose/"):
-        response = _get(Client(), path)
-        expected = HttpResponse()
-        for name, value in response.items():
-            expected[name] = value
-        assert response.headers._store == expected.headers._store
-        assert response[HEADER] == _sid(response)
-
-
 def test_signed_ids_are_echoed_signed_and_resume(settings: SettingsWrapper) -> None:
     settings.FREEPLAY = {**settings.FREEPLAY, "SIGNING_SECRET": "s" * 32}
     client = Client()

@@ -140,14 +140,12 @@ class DjangoConfig:
     """Validated settings, the resolver every request goes through, and the maker of the
     session cookie's `Morsel`, built once."""
 
-    __slots__ = ("header_key", "morsel", "resolver", "settings")
+    __slots__ = ("morsel", "resolver", "settings")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.resolver = SessionResolver(settings)
         self.morsel = MorselMaker()
-        #: The session header as Django's `ResponseHeaders` keys it (lower case).
-        self.header_key = (settings.header_name or "").lower()
 
 
 _config: DjangoConfig | None = None

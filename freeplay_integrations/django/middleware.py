@@ -58,7 +58,6 @@ GetResponse = Callable[[HttpRequest], HttpResponseBase]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 _END: Final[Any] = object()
-_EXPOSE_KEY: Final = EXPOSE_HEADERS.lower()
 
 
 class FreeplaySessionMiddleware:
@@ -170,26 +169,10 @@ def _add_session(
     resolver = config.resolver
     value = resolver.echo(binding)
     if value is not None:
-        try:
-            store = response.headers._store
-        except AttributeError:  # pragma: no cover - a Django without ResponseHeaders._store
-            response[resolver.header_name] = value  # type: ignore[index]
-            exposed = resolver.expose(response.get(EXPOSE_HEADERS))
-            if exposed is not None:
-                response[EXPOSE_HEADERS] = exposed
-        else:
-            # Straight into the headers' store, as `response[name] = value` puts them there
-            # (lower-case key: (name, value)), without its per-call charset checks: the name
-            # was validated at start-up, the token is ASCII without line breaks, and the
-            # expose list is the app's own value (checked when it was set) plus that name.
-            store[config.header_key] = (cast(str, resolver.header_name), value)
-            existing = store.get(_EXPOSE_KEY)
-            exposed = resolver.expose(None if existing is None else existing[1])
-            if exposed is not None:
-                store[_EXPOSE_KEY] = (
-                    EXPOSE_HEADERS if existing is None else existing[0],
-                    exposed,
-                )
+        response[resolver.header_name] = value  # type: ignore[index]
+        exposed = resolver.expose(response.get(EXPOSE_HEADERS))
+        if exposed is not None:
+            response[EXPOSE_HEADERS] = exposed
     if resolver.set_cookie:
         secure = config.settings.cookie_secure
         if secure is None:

@@ -22,6 +22,7 @@ sampled every 10%: it must stay flat.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import signal
@@ -199,6 +200,45 @@ def recorder(
     return per_session * sessions / elapsed, [t for times in per_thread for t in times]
 
 
+def paced(
+    client: Freeplay, recordings: int, sessions: int, threads: int, rate: float
+) -> tuple[float, list[float]]:
+    """`recordings` made at the app's `rate` (per second, in all) from `threads` request threads.
+
+    Each request thread records, then waits (the model call of its next turn) so that the
+    threads together record `rate` per second, spread evenly; the senders deliver at full
+    speed meanwhile. Returns recordings/s until delivered and the time of each record().
+    """
+    per_thread = [[] for _ in range(threads)]  # type: list[list[float]]
+    per_session = max(1, recordings // sessions)
+    tickets = itertools.count()  # recording k is due at start + k / rate, whoever makes it
+    barrier = threading.Barrier(threads + 1)
+    start = [0.0]
+
+    def producer(index: int) -> None:
+        times = per_thread[index]
+        barrier.wait()
+        for _ in range(index, sessions, threads):
+            with session_scope(client, project_id=PROJECT):
+                for _n in range(per_session):
+                    due = start[0] + next(tickets) / rate
+                    time.sleep(max(0.0, due - time.perf_counter()))
+                    started = time.perf_counter()
+                    record(all_messages=MESSAGES)
+                    times.append(time.perf_counter() - started)
+
+    workers = [threading.Thread(target=producer, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    start[0] = time.perf_counter() + 0.05
+    barrier.wait()
+    for worker in workers:
+        worker.join()
+    assert flush(600)
+    elapsed = time.perf_counter() - start[0]
+    return per_session * sessions / elapsed, [t for times in per_thread for t in times]
+
+
 def one_session(client: Freeplay, recordings: int) -> float:
     started = time.perf_counter()
     with session_scope(client, project_id=PROJECT):
@@ -233,6 +273,20 @@ def memory(client: Freeplay, recordings: int) -> list[float]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def latency_line(shape: str, rounds: list[list[float]]) -> str:
+    """record()'s median and p99 over every call of every round, then each round's."""
+    pooled = [t for times in rounds for t in times]
+    each = ", ".join(
+        f"{statistics.median(times) * 1e6:.1f}/{percentile(times, 0.99) * 1e6:.0f}"
+        for times in rounds
+    )
+    return (
+        f"  record() on the caller's path, {shape}: median "
+        f"{statistics.median(pooled) * 1e6:.1f} us, p99 {percentile(pooled, 0.99) * 1e6:.1f} us "
+        f"({len(pooled)} calls; per round median/p99 us: {each})"
+    )
 
 
 CHILD = """
@@ -341,6 +395,12 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--one-session", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--app-rate",
+        type=float,
+        default=300,
+        help="recordings/s of the paced shape (0: skip it)",
+    )
     parser.add_argument("--memory", type=int, default=0)
     parser.add_argument("--outage", type=float, default=0, help="seconds Freeplay is down")
     parser.add_argument("--outage-rate", type=float, default=50, help="recordings/s meanwhile")
@@ -384,13 +444,21 @@ def main() -> None:
                         "|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
                     )
             return
-        sdk_rates, ours_rates, one_rates, call_times = [], [], [], []
+        sdk_rates, ours_rates, one_rates, paced_rates = [], [], [], []
+        burst_times: list[list[float]] = []
+        paced_times: list[list[float]] = []
         for _ in range(args.rounds):
             sdk_rates.append(bare_sdk(client, args.recordings, args.sessions, args.threads))
             rate, times = recorder(client, args.recordings, args.sessions, args.threads)
             ours_rates.append(rate)
-            call_times.extend(times)
+            burst_times.append(times)
             one_rates.append(one_session(client, args.one_session))
+            if args.app_rate:
+                rate, times = paced(
+                    client, args.recordings, args.sessions, args.threads, args.app_rate
+                )
+                paced_rates.append(rate)
+                paced_times.append(times)
         stats = recorder_stats(client)
         sdk, ours = statistics.median(sdk_rates), statistics.median(ours_rates)
         print(
@@ -400,10 +468,18 @@ def main() -> None:
         print(f"  bare SDK, {args.threads} threads: {sdk:8.0f} recordings/s  {sdk_rates}")
         print(f"  recorder (defaults):      {ours:8.0f} recordings/s  ({ours / sdk:.2f}x)")
         print(f"  one session:              {statistics.median(one_rates):8.0f} recordings/s")
-        print(
-            f"  record() on the caller's path: median {statistics.median(call_times) * 1e6:.1f}"
-            f" us, p99 {percentile(call_times, 0.99) * 1e6:.1f} us ({len(call_times)} calls)"
-        )
+        print(latency_line("burst (every thread records flat out)", burst_times))
+        if args.app_rate:
+            print(
+                f"  paced at {args.app_rate:.0f}/s: delivered "
+                f"{statistics.median(paced_rates):.0f} recordings/s until flushed"
+            )
+            print(
+                latency_line(
+                    f"paced ({args.app_rate:.0f}/s from {args.threads} threads)", paced_times
+                )
+            )
+        print(f"  load average: {os.getloadavg()[0]:.2f} (2 cores)")
         print(f"  spooled: {stats.spooled}  failed: {stats.failed}  lost: {stats.lost}")
         if args.memory:
             set_latency(process, 0.0)

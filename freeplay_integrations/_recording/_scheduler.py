@@ -302,57 +302,72 @@ class Recorder:
     # -- submit ------------------------------------------------------------------------
 
     def submit(self, op: Operation) -> None:
-        """Queue `op`. Never does network I/O; never blocks (past `put_timeout`)."""
+        """Queue `op`. Never does network I/O; never blocks (past `put_timeout`).
+
+        This runs on the request path: the size is a cheap estimate (no encoding; the
+        sending thread serialises), the lock is held for a few dictionary updates, an idle
+        sending thread is woken only when none is awake already, and threads are started by
+        the sending threads (see `_wake_locked`).
+        """
         route = self._route
         if route is not None and route.submit(op):
             self._count("routed")
             return
         config = self._config
         size = op.size = op.estimate_size()
+        session_id = op.session_id
         with self._cond:
+            deps: list[Operation] | tuple[()] = ()
             if isinstance(op, DeleteSession):
-                deps = self._cancel_locked(op.session_id)
+                deps = self._cancel_locked(session_id)
             elif op.follows_session:
-                earlier = self._by_session.get(op.session_id, ())
+                earlier = self._by_session.get(session_id, ())
                 deps = [other for other in earlier if other.creates_session]
             else:
-                deps = []
                 follows = op.follows
                 if follows is not None:
                     dep = self._by_key.get(follows)
                     if dep is not None:
-                        deps.append(dep)
-            if config.put_timeout > 0 and self._over_budget(size):
-                self._cond.wait_for(lambda: not self._over_budget(size), config.put_timeout)
-            if self._over_budget(size):
-                self._counts["overflowed"] += 1
-                count = self._log_limited("overflow")
-                queued = False
+                        deps = [dep]
+            live = self._live
+            if len(live) >= config.queue_size or (live and self._bytes + size > config.queue_bytes):
+                if config.put_timeout > 0:
+                    self._cond.wait_for(lambda: not self._over_budget(size), config.put_timeout)
+                if self._over_budget(size):
+                    self._counts["overflowed"] += 1
+                    count = self._log_limited("overflow")
+                    queued = False
+                else:
+                    queued = True
             else:
                 queued = True
-                self._seq += 1
-                op.seq = self._seq
-                self._live[op.seq] = op
+            if queued:
+                seq = self._seq = self._seq + 1
+                op.seq = seq
+                live[seq] = op
                 self._bytes += size
                 self._counts["queued"] += 1
                 provides = op.provides
                 if provides is not None:
                     self._by_key[provides] = op
-                session = self._by_session.get(op.session_id)
+                session = self._by_session.get(session_id)
                 if session is None:
-                    session = self._by_session[op.session_id] = set()
-                session.add(op)
-                op.deps_left = len(deps)
-                for dep in deps:
-                    if dep.dependents is None:
-                        dep.dependents = [op]
-                    else:
-                        dep.dependents.append(op)
-                if not deps:
+                    self._by_session[session_id] = {op}
+                else:
+                    session.add(op)
+                if deps:
+                    op.deps_left = len(deps)
+                    for dep in deps:
+                        if dep.dependents is None:
+                            dep.dependents = [op]
+                        else:
+                            dep.dependents.append(op)
+                else:
                     self._ready.append(op)
                     self._wake_locked()
         if queued:
-            self._start_threads()
+            if not self._threads:
+                self._start_threads()  # the first sender; it starts the others (see _work)
             return
         self._spool([op], "the recording queue is over its budget")
         if count:
@@ -367,7 +382,10 @@ class Recorder:
     def _wake_locked(self) -> None:
         """Wake an idle thread; ask for one more while the backlog outgrows the idle ones.
 
-        The thread is started by `_start_threads`, after the lock is released.
+        The thread is started by `_start_threads`, after the lock is released: by a sending
+        thread as it takes its next operation (starting a thread waits for it to run, which
+        on a busy process costs the GIL's switch interval), by `submit` only when no sending
+        thread runs at all.
         """
         if self._idle:
             self._cond.notify()
@@ -430,6 +448,8 @@ class Recorder:
                     op = self._next_locked()
                     if op is None:
                         return
+                if self._to_start:
+                    self._start_threads()
                 try:
                     self._attempt(op)
                 except BaseException:  # pragma: no cover - _attempt handles every failure
@@ -818,7 +838,6 @@ def _start_up(recorder: Recorder) -> None:
             logger.error(LOG_SPOOL_UNWRITABLE, path, problem)
             return
     recorder.start_drain()
-
 
 
 def configure_recording(

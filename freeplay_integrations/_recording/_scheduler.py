@@ -232,6 +232,12 @@ class Recorder:
         self._idle = 0
         self._flushers = 0
         self._healthy = True
+        #: Requests being attempted now, and how many may be: halved on each transient
+        #: failure, one more on each success, never past `max_concurrency`.
+        self._in_flight = 0
+        self._limit = self._config.max_concurrency
+        #: No attempt starts before this (monotonic): what a `Retry-After` asked for.
+        self._not_before = 0.0
         self._counts = dict.fromkeys(
             ("queued", "retried", "overflowed", "routed", "drained", *_TERMINAL), 0
         )
@@ -391,8 +397,8 @@ class Recorder:
             self._cond.notify()
             if self._idle >= len(self._ready):
                 return
-        if self._threads + self._to_start >= self._config.max_concurrency:
-            return
+        if self._threads + self._to_start >= min(self._limit, self._config.max_concurrency):
+            return  # at the ceiling, or Freeplay is failing and the limit came down
         if not self._healthy and self._threads + self._to_start >= 1:
             return  # Freeplay is failing: do not add load, the timers carry the retries
         self._to_start += 1
@@ -422,19 +428,39 @@ class Recorder:
     # -- the sending threads -----------------------------------------------------------
 
     def _next_locked(self) -> Operation | None:
-        """The next operation to attempt, waiting for one; None to let the thread exit."""
+        """The next operation to attempt, waiting for one; None to let the thread exit.
+
+        A thread takes work only while the requests in flight are under the limit and no
+        `Retry-After` pause runs. Past the limit it exits if there are more threads than
+        the limit allows (so threads shrink while Freeplay fails), else it waits.
+        """
         idle_since = time.monotonic()
         while True:
             now = time.monotonic()
             timers = self._timers
-            if timers and (timers[0][0] <= now or timers[0][2].cancelled or timers[0][2].state):
-                return heapq.heappop(timers)[2]
-            if self._ready:
-                return self._ready.popleft()
-            idle_for = self._config.idle_timeout - (now - idle_since)
-            if idle_for <= 0 and not timers:
-                return None
-            wait = idle_for if not timers else min(max(idle_for, 0.05), timers[0][0] - now)
+            limit = min(self._limit, self._config.max_concurrency)
+            ready = self._ready
+            if self._in_flight >= limit:
+                if self._threads > limit and (ready or timers):
+                    return None  # more threads than the limit: this one goes
+                wait = 0.05 if (ready or timers) else self._config.idle_timeout
+            elif now < self._not_before and (ready or timers):
+                wait = self._not_before - now
+            else:
+                op = None
+                if timers and (timers[0][0] <= now or timers[0][2].cancelled or timers[0][2].state):
+                    op = heapq.heappop(timers)[2]
+                elif ready:
+                    op = ready.popleft()
+                if op is not None:
+                    self._in_flight += 1
+                    if ready and self._idle < len(ready):
+                        self._wake_locked()  # more waits: wake or ask for another thread
+                    return op
+                idle_for = self._config.idle_timeout - (now - idle_since)
+                if idle_for <= 0 and not timers:
+                    return None
+                wait = idle_for if not timers else min(max(idle_for, 0.05), timers[0][0] - now)
             self._idle += 1
             try:
                 self._cond.wait(max(0.001, wait))
@@ -442,9 +468,15 @@ class Recorder:
                 self._idle -= 1
 
     def _work(self) -> None:
+        op: Operation | None = None
         try:
             while True:
                 with self._cond:
+                    if op is not None:
+                        self._in_flight -= 1
+                        if self._ready or self._timers:
+                            self._cond.notify()  # a thread held back by the limit may go
+                    op = None
                     op = self._next_locked()
                     if op is None:
                         return
@@ -457,6 +489,8 @@ class Recorder:
                     self._spool([op], "recorder error")
         finally:
             with self._cond:
+                if op is not None:
+                    self._in_flight -= 1
                 self._threads -= 1
                 if self._ready and self._threads == 0:
                     self._wake_locked()
@@ -484,9 +518,8 @@ class Recorder:
         if not failure.transient:
             self._final_failure(op, failure)
             return
-        with self._cond:
-            self._healthy = False
         delay = self._delay(op.attempts, failure)
+        self._on_transient_failure(failure, delay)
         spent = time.monotonic() + delay - op.first_attempt_at
         if spent > config.retry_for or (
             config.max_attempts is not None and op.attempts >= config.max_attempts
@@ -512,12 +545,25 @@ class Recorder:
             delay = max(delay, min(failure.retry_after, config.retry_for))
         return delay
 
+    def _on_transient_failure(self, failure: Failure, delay: float) -> None:
+        """Freeplay is failing: halve the requests in flight; pause for a `Retry-After`."""
+        with self._cond:
+            self._healthy = False
+            self._limit = max(1, min(self._limit, self._config.max_concurrency) // 2)
+            if failure.retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + delay)
+
     def _on_success(self) -> None:
         now = time.monotonic()
         with self._cond:
+            if self._limit < self._config.max_concurrency:
+                self._limit += 1
+                if self._ready or self._timers:
+                    self._wake_locked()  # the limit grew: another request may go
             if not self._healthy:
                 # Freeplay answers again: what waits on a timer goes now, and the spool drains.
                 self._healthy = True
+                # (not before a Retry-After pause ends: _next_locked waits for that)
                 self._timers = [(now, seq, op) for _, seq, op in self._timers]
                 heapq.heapify(self._timers)
                 self._cond.notify_all()
@@ -778,6 +824,9 @@ class Recorder:
         self._by_session = {}
         self._bytes = 0
         self._threads = self._idle = self._flushers = self._to_start = 0
+        self._in_flight = 0
+        self._limit = self._config.max_concurrency
+        self._not_before = 0.0
         self._draining = False
         self._counts = dict.fromkeys(self._counts, 0)
 

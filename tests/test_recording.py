@@ -740,3 +740,31 @@ def test_new_uuid4_is_a_random_uuid_never_shared_with_a_forked_child() -> None:
         child = set(pipe.read().split())
     parent = {str(new_uuid4()) for _ in range(20)}
     assert len(child) == 20 and not child & parent
+
+
+def test_record_does_not_wait_for_the_recorder_lock(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    # A completion is appended to the intake without the lock: with the lock held by
+    # another thread (a preempted sender, say), record() still returns, and what it
+    # recorded is delivered once the lock is free.
+    recorder = recorder_for(client)
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("first"))  # the first starts a sending thread
+        assert recorder.flush(10)
+        done = threading.Event()
+
+        def records() -> None:
+            with session_scope(client, project_id=server.project_id, session_id=session.session_id):
+                for n in range(20):
+                    record(all_messages=chat(str(n)))
+            done.set()
+
+        with recorder._cond:  # holds the recorder's lock
+            worker = threading.Thread(target=records)
+            worker.start()
+            finished_while_held = done.wait(5)
+        worker.join(5)
+    assert finished_while_held
+    assert recorder.flush(10)
+    assert len(server.completions(session.session_id)) == 21

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 __all__ = ["Action", "Arrival", "Faults"]
 
 #: How many arrivals `Faults.arrivals()` keeps (the latest).
-ARRIVALS_KEPT = 100_000
+ARRIVALS_KEPT = 10_000
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ while a pure-Python loop of the same length slowed only from 7 to 11 us. So quot
 shapes, with the load average printed at the end.
 
 Then, with `--memory N`, N recordings at zero latency with the process's resident memory
-sampled every 10%: it must stay flat.
+sampled every 10%, with what it is made of (GC-tracked Python objects, and glibc malloc's
+bytes in use and held free): it must stay flat.
 
     .venv/bin/python bench/delivery.py [--recordings 1500] [--sessions 150] [--threads 100]
         [--latency 0.1] [--one-session 500] [--rounds 3] [--app-rate 300] [--memory 100000]
@@ -40,6 +41,7 @@ sampled every 10%: it must stay flat.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import os
 import re
@@ -272,8 +274,38 @@ def rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def memory(client: Freeplay, recordings: int) -> list[float]:
-    samples = [rss_mib()]
+def heap_sample() -> tuple[float, int, float, float]:
+    """RSS (MiB), live Python objects tracked by the GC, and glibc malloc's bytes in use and
+    free inside its heaps (MiB; -1 where `mallinfo2` is not available).
+
+    Telling these apart says what grows: live objects (a leak) or memory the allocator
+    holds free (fragmentation).
+    """
+    gc.collect()
+    in_use = free = -1.0
+    try:
+        import ctypes
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [
+                (name, ctypes.c_size_t)
+                for name in (
+                    "arena", "ordblks", "smblks", "hblks", "hblkhd",
+                    "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost",
+                )
+            ]  # fmt: skip
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+        in_use, free = info.uordblks / 2**20, info.fordblks / 2**20
+    except (OSError, AttributeError):
+        pass
+    return rss_mib(), len(gc.get_objects()), in_use, free
+
+
+def memory(client: Freeplay, recordings: int) -> list[tuple[float, int, float, float]]:
+    samples = [heap_sample()]
     step = max(1, recordings // 10)
     with session_scope(client, project_id=PROJECT):
         for n in range(1, recordings + 1):
@@ -284,9 +316,9 @@ def memory(client: Freeplay, recordings: int) -> list[float]:
                 while recorder_stats(client).pending > 2_000:
                     time.sleep(0.01)
             if n % step == 0:
-                samples.append(rss_mib())
+                samples.append(heap_sample())
     assert flush(600)
-    samples.append(rss_mib())
+    samples.append(heap_sample())
     return samples
 
 
@@ -540,10 +572,12 @@ def main() -> None:
         if args.memory:
             set_latency(process, 0.0)
             samples = memory(client, args.memory)
-            print(
-                f"  memory over {args.memory} recordings (RSS MiB, every 10%): "
-                + " ".join(f"{s:.0f}" for s in samples)
-            )
+            print(f"  memory over {args.memory} recordings, every 10% (then after the flush):")
+            print("    RSS MiB:           " + " ".join(f"{s[0]:.1f}" for s in samples))
+            print("    GC-tracked objects: " + " ".join(f"{s[1]}" for s in samples))
+            print("    malloc in use MiB: " + " ".join(f"{s[2]:.1f}" for s in samples))
+            print("    malloc free MiB:   " + " ".join(f"{s[3]:.1f}" for s in samples))
+            print(f"  spooled: {recorder_stats(client).spooled}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from ._recording import (
     Trace,
     TraceFeedback,
     TraceMetadata,
+    new_uuid4,
     recorder_for,
     trace_to_json,
 )
@@ -173,12 +174,13 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
     if fields.get("parent_id") is None and trace is not None:
         fields["parent_id"] = UUID(trace.trace_id)
     if fields.get("completion_id") is None:
-        fields["completion_id"] = uuid4()
+        fields["completion_id"] = new_uuid4()
     completion_id = str(fields["completion_id"])
     payload = RecordPayload(
         session_info=binding.session.session_info, **cast("dict[str, Any]", fields)
     )
-    answered = _send(binding, Completion(project_id, binding.session_id, payload))
+    op = Completion(project_id, binding.session_id, payload, completion_id=completion_id)
+    answered = _send(binding, op)
     if answered:
         completion_id = answered
     binding.last_completion_id = completion_id

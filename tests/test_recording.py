@@ -250,6 +250,41 @@ def test_requests_in_flight_grow_with_the_backlog_and_stop_at_the_ceiling(
     assert recorder.stats().sent == 40
 
 
+def test_requests_in_flight_shrink_while_freeplay_fails_and_grow_again_after(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    # Freeplay 0.2 s away, 8 requests in flight allowed, a steady backlog. Measured on the
+    # server (how many requests it held when each arrived): 8 before the outage, at most
+    # 2 once the first failures came back, 8 again after it.
+    configure_recording(client, max_concurrency=8, retry_for=60, backoff_max=0.3)
+    recorder = recorder_for(client)
+    server.faults.latency(0.2)
+
+    def backlog(n: int) -> None:
+        for k in range(n):
+            record(all_messages=chat(str(k)))
+
+    with session_scope(client, project_id=server.project_id) as session:
+        backlog(40)
+        time.sleep(0.5)
+        outage_at = time.monotonic()
+        server.faults.fail_for(2.0)
+        backlog(40)
+        time.sleep(2.0)
+        recovered_at = time.monotonic()
+        backlog(40)
+    assert recorder.flush(30)
+    assert len(server.completions(session.session_id)) == 120
+    arrivals = server.faults.arrivals()
+    before = [a.concurrent for a in arrivals if a.at < outage_at]
+    during = [a.concurrent for a in arrivals if outage_at + 0.6 < a.at < recovered_at]
+    after = [a.concurrent for a in arrivals if a.at > recovered_at]
+    assert max(before) == 8
+    assert during and max(during) <= 2
+    assert max(after) == 8
+    assert recorder.stats().spooled == 0
+
+
 def test_the_latency_fault_does_not_serialise_requests(server: LocalFreeplay) -> None:
     _, (op,) = captured_completions(server, 1)
     payload = op.payload  # type: ignore[attr-defined]
@@ -292,18 +327,40 @@ def test_a_short_outage_is_retried_with_nothing_spooled(
     assert not spool.exists()
 
 
-def test_retry_after_is_honoured(client: Freeplay, server: LocalFreeplay) -> None:
-    # A 503 carrying Retry-After: the wait is at least what Freeplay asked for.
+def test_retry_after_is_parsed_as_seconds_or_a_date(client: Freeplay) -> None:
+    from freeplay_integrations._recording import Failure
     from freeplay_integrations._recording._transport import _retry_after
 
     assert _retry_after("2") == 2.0
     assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert _retry_after("garbage") is None
-    recorder = recorder_for(client)
-    from freeplay_integrations._recording import Failure
+    assert recorder_for(client)._delay(1, Failure(True, 503, 1.5, "HTTP 503")) >= 1.5
 
-    delay = recorder._delay(1, Failure(True, 503, 1.5, "HTTP 503"))
-    assert delay >= 1.5
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_is_honoured_end_to_end(
+    client: Freeplay, server: LocalFreeplay, status: int
+) -> None:
+    # Freeplay answers the first two attempts with `status` and Retry-After: 0.6 s. The
+    # server's own arrival times show each next attempt waited at least that long, and a
+    # recording made during the pause waited for it too (not only the one refused).
+    server.faults.fail_next(2, status, retry_after=0.6)
+    recorder = recorder_for(client)
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("refused twice"))
+        deadline = time.monotonic() + 5
+        while recorder.stats().retried < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # the first refusal was handled: the pause is on
+        record(all_messages=chat("made during the pause"))
+    assert recorder.flush(10)
+    assert len(server.completions(session.session_id)) == 2
+    arrivals = server.faults.arrivals()
+    assert [a.status for a in arrivals[:2]] == [status, status]
+    first, second, *later = arrivals
+    assert second.at - first.at >= 0.6
+    assert later and all(a.status == 0 for a in later)
+    assert min(a.at for a in later) - second.at >= 0.6
+    assert recorder.stats().spooled == 0
 
 
 def test_a_final_4xx_is_dropped_counted_and_logged_once_per_kind_and_status(
@@ -662,3 +719,52 @@ def test_trace_ops_follow_their_trace(server: LocalFreeplay) -> None:
     assert CompletionFeedback("p", "s", "c1", {"a": 1}).follows == "completion:c1"
     assert SessionMetadata("p", "s", {}).follows is None
     assert DeleteSession("p", "s").follows is None
+
+
+def test_new_uuid4_is_a_random_uuid_never_shared_with_a_forked_child() -> None:
+    from freeplay_integrations._recording import new_uuid4
+
+    ids = [new_uuid4() for _ in range(600)]  # more than one 4 KiB refill
+    assert len(set(ids)) == 600
+    for value in ids:
+        assert uuid.UUID(str(value)) == value
+        assert value.version == 4 and value.variant == uuid.RFC_4122
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(str(new_uuid4()) for _ in range(20)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    parent = {str(new_uuid4()) for _ in range(20)}
+    assert len(child) == 20 and not child & parent
+
+
+def test_record_does_not_wait_for_the_recorder_lock(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    # A completion is appended to the intake without the lock: with the lock held by
+    # another thread (a preempted sender, say), record() still returns, and what it
+    # recorded is delivered once the lock is free.
+    recorder = recorder_for(client)
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("first"))  # the first starts a sending thread
+        assert recorder.flush(10)
+        done = threading.Event()
+
+        def records() -> None:
+            with session_scope(client, project_id=server.project_id, session_id=session.session_id):
+                for n in range(20):
+                    record(all_messages=chat(str(n)))
+            done.set()
+
+        with recorder._cond:  # holds the recorder's lock
+            worker = threading.Thread(target=records)
+            worker.start()
+            finished_while_held = done.wait(5)
+        worker.join(5)
+    assert finished_while_held
+    assert recorder.flush(10)
+    assert len(server.completions(session.session_id)) == 21

@@ -12,10 +12,11 @@ import hashlib
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
-from uuid import UUID
+from uuid import UUID, SafeUUID
 
 from freeplay.llm_parameters import LLMParameters
 from freeplay.model import MediaInputBase64, MediaInputUrl, TestRunInfo
@@ -46,6 +47,7 @@ __all__ = [
     "Trace",
     "TraceFeedback",
     "TraceMetadata",
+    "new_uuid4",
     "operation_from_json",
     "session_ref",
     "trace_to_json",
@@ -64,6 +66,45 @@ DELETE_SESSION = "delete_session"
 
 #: Set to "1" to log full session IDs (by default a log line carries `session_ref(id)`).
 ENV_LOG_SESSION_IDS = "FREEPLAY_LOG_SESSION_IDS"
+
+
+#: Random 128-bit numbers for `new_uuid4`, made 256 at a time from one `os.urandom` call.
+_random_ids: deque[int] = deque()
+_fork_hook: list[bool] = []
+
+
+def _refill_random_ids() -> None:
+    if not _fork_hook and hasattr(os, "register_at_fork"):
+        _fork_hook.append(True)  # a forked child must never reuse its parent's numbers
+        os.register_at_fork(after_in_child=_random_ids.clear)
+    data = os.urandom(4096)
+    _random_ids.extend(int.from_bytes(data[i : i + 16], "big") for i in range(0, 4096, 16))
+
+
+def new_uuid4() -> UUID:
+    """A random (version 4) UUID, like `uuid.uuid4()`, from the same `os.urandom` source.
+
+    `uuid.uuid4()` calls `os.urandom(16)`, and `os.urandom` releases the GIL: on a busy
+    process the request thread then waits for the GIL to come back (up to the 5 ms switch
+    interval, often more). Reading 4 KiB at a time makes that one call in 256. Each number
+    is taken once (`deque.popleft` is atomic); a forked child starts a fresh pool.
+    """
+    while True:
+        try:
+            value = _random_ids.popleft()
+        except IndexError:
+            _refill_random_ids()
+        else:
+            break
+    uuid = object.__new__(UUID)  # what UUID(int=...) makes, without its argument checks
+    object.__setattr__(uuid, "int", value & _UUID4_CLEAR | _UUID4_SET)
+    object.__setattr__(uuid, "is_safe", SafeUUID.unknown)
+    return uuid
+
+
+#: The variant (RFC 4122) and version (4) bits of a random UUID, as `UUID(version=4)` sets them.
+_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
+_UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
 def session_ref(session_id: str) -> str:
@@ -220,15 +261,29 @@ def _required_dict(data: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 
 def _estimate(value: Any, depth: int = 0) -> int:
-    """A cheap size estimate: string lengths, plus a little per container."""
-    if isinstance(value, str):
+    """A cheap size estimate: string lengths, plus a little per container.
+
+    It runs on the request path (for the queue's byte budget), so it checks exact types
+    first (`type(x) is dict` is much cheaper than `isinstance(x, Mapping)`) and loops
+    without generators; other mappings and sequences take the general branch.
+    """
+    kind = type(value)
+    if kind is str:
         return len(value)
     if depth > 4:
         return 64
-    if isinstance(value, Mapping):
-        return 16 + sum(len(str(k)) + _estimate(v, depth + 1) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return 16 + sum(_estimate(v, depth + 1) for v in value)
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
+        size = 16
+        for key, item in value.items():
+            size += (len(key) if type(key) is str else 16) + (
+                len(item) if type(item) is str else _estimate(item, depth + 1)
+            )
+        return size
+    if kind is list or kind is tuple:
+        size = 16
+        for item in value:
+            size += len(item) if type(item) is str else _estimate(item, depth + 1)
+        return size
     return 16
 
 
@@ -240,11 +295,22 @@ class Completion(Operation):
 
     kind = COMPLETION
     creates_session = True
-    __slots__ = ("payload",)
+    __slots__ = ("_provides", "payload")
 
-    def __init__(self, project_id: str, session_id: str, payload: RecordPayload) -> None:
+    def __init__(
+        self,
+        project_id: str,
+        session_id: str,
+        payload: RecordPayload,
+        *,
+        completion_id: str | None = None,
+    ) -> None:
+        """`completion_id`: `str(payload.completion_id)`, when the caller has it already."""
         super().__init__(project_id, session_id)
         self.payload = payload
+        if completion_id is None and payload.completion_id is not None:
+            completion_id = str(payload.completion_id)
+        self._provides = None if completion_id is None else f"{COMPLETION}:{completion_id}"
 
     def send(self, sdk: SdkResources) -> str | None:
         return str(sdk.recordings.create(self.payload).completion_id)
@@ -260,12 +326,11 @@ class Completion(Operation):
 
     @property
     def provides(self) -> str | None:
-        cid = self.payload.completion_id
-        return None if cid is None else f"completion:{cid}"
+        return self._provides
 
     @property
     def key(self) -> str:
-        return f"{COMPLETION}:{self.payload.completion_id}"
+        return self._provides or f"{COMPLETION}:None"
 
     def estimate_size(self) -> int:
         payload = self.payload

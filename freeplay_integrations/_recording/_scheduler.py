@@ -11,6 +11,7 @@ operations go to the spool; once Freeplay answers again the recorder drains the 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import heapq
 import logging
@@ -83,6 +84,9 @@ SPOOLED_STATUSES = frozenset({401, 403})
 LOG_INTERVAL = 10.0
 #: Seconds between two looks for a spool file once Freeplay answers.
 DRAIN_CHECK_INTERVAL = 5.0
+#: Operations `submit` may leave in the intake (not yet counted in the byte budget) before
+#: it takes the lock and admits them itself.
+INTAKE_MAX = 64
 
 
 @runtime_checkable
@@ -219,7 +223,12 @@ class Recorder:
         self._config = config.validate()
         self._transport = SdkTransport(client, pool_size=self._config.max_concurrency)
         self.api_base = self._transport.api_base
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        #: Submitted without the lock (see `submit`), not yet admitted to the queue.
+        self._intake: deque[Operation] = deque()
+        #: Idle sending threads, each waiting on its own lock (see `_sleep_locked`).
+        self._sleepers: deque[threading.Lock] = deque()
         self._ready: deque[Operation] = deque()
         self._timers: list[tuple[float, int, Operation]] = []
         self._live: dict[int, Operation] = {}
@@ -229,9 +238,15 @@ class Recorder:
         self._seq = 0
         self._threads = 0
         self._to_start = 0
-        self._idle = 0
         self._flushers = 0
+        self._putters = 0
         self._healthy = True
+        #: Requests being attempted now, and how many may be: halved on each transient
+        #: failure, one more on each success, never past `max_concurrency`.
+        self._in_flight = 0
+        self._limit = self._config.max_concurrency
+        #: No attempt starts before this (monotonic): what a `Retry-After` asked for.
+        self._not_before = 0.0
         self._counts = dict.fromkeys(
             ("queued", "retried", "overflowed", "routed", "drained", *_TERMINAL), 0
         )
@@ -297,87 +312,174 @@ class Recorder:
 
     def stats(self) -> RecorderStats:
         with self._cond:
+            self._admit_locked()
             return RecorderStats(**self._counts, pending=len(self._live))
 
     # -- submit ------------------------------------------------------------------------
 
     def submit(self, op: Operation) -> None:
-        """Queue `op`. Never does network I/O; never blocks (past `put_timeout`)."""
+        """Queue `op`. Never does network I/O; never blocks (past `put_timeout`).
+
+        This runs on the request path. An operation that follows nothing (a completion, a
+        trace) is appended to the intake without taking the lock: a sending thread holding
+        it may have been preempted, and on a busy machine waiting for it costs
+        milliseconds. The size is a cheap estimate (the sending thread serialises); an
+        idle sending thread, if any, is woken through its own lock. The sending threads
+        admit the intake (in order) each time they look for work. The rest, and anything
+        near the budget, takes the locked path (`_submit_locked`).
+        """
         route = self._route
         if route is not None and route.submit(op):
             self._count("routed")
             return
         config = self._config
         size = op.size = op.estimate_size()
+        intake = self._intake
+        live = self._live
+        if (
+            op.follows is None
+            and not op.follows_session
+            and self._threads
+            and len(intake) < INTAKE_MAX
+            and len(live) + len(intake) < config.queue_size
+            and self._bytes + size <= config.queue_bytes
+            and not isinstance(op, DeleteSession)
+        ):
+            intake.append(op)
+            # A sending thread registers as a sleeper before it looks at the intake, and
+            # this looks for sleepers after the append: one of the two sees the other.
+            if self._sleepers:
+                self._wake_sleeper()
+            return
+        self._submit_locked(op, size)
+
+    def _submit_locked(self, op: Operation, size: int) -> None:
+        config = self._config
+        session_id = op.session_id
         with self._cond:
+            self._admit_locked()  # what came before goes first (and may be what op follows)
+            deps: list[Operation] | tuple[()] = ()
             if isinstance(op, DeleteSession):
-                deps = self._cancel_locked(op.session_id)
+                deps = self._cancel_locked(session_id)
             elif op.follows_session:
-                earlier = self._by_session.get(op.session_id, ())
+                earlier = self._by_session.get(session_id, ())
                 deps = [other for other in earlier if other.creates_session]
             else:
-                deps = []
                 follows = op.follows
                 if follows is not None:
                     dep = self._by_key.get(follows)
                     if dep is not None:
-                        deps.append(dep)
-            if config.put_timeout > 0 and self._over_budget(size):
-                self._cond.wait_for(lambda: not self._over_budget(size), config.put_timeout)
+                        deps = [dep]
+            queued = True
             if self._over_budget(size):
-                self._counts["overflowed"] += 1
-                count = self._log_limited("overflow")
-                queued = False
-            else:
-                queued = True
-                self._seq += 1
-                op.seq = self._seq
-                self._live[op.seq] = op
-                self._bytes += size
-                self._counts["queued"] += 1
-                provides = op.provides
-                if provides is not None:
-                    self._by_key[provides] = op
-                session = self._by_session.get(op.session_id)
-                if session is None:
-                    session = self._by_session[op.session_id] = set()
-                session.add(op)
-                op.deps_left = len(deps)
-                for dep in deps:
-                    if dep.dependents is None:
-                        dep.dependents = [op]
-                    else:
-                        dep.dependents.append(op)
+                if config.put_timeout > 0:
+                    self._putters += 1
+                    try:
+                        self._cond.wait_for(lambda: not self._over_budget(size), config.put_timeout)
+                    finally:
+                        self._putters -= 1
+                if self._over_budget(size):
+                    self._counts["overflowed"] += 1
+                    count = self._log_limited("overflow")
+                    queued = False
+            if queued:
+                self._enqueue_locked(op, deps)
                 if not deps:
-                    self._ready.append(op)
                     self._wake_locked()
         if queued:
-            self._start_threads()
+            if not self._threads:
+                self._start_threads()  # the first sender; it starts the others (see _work)
             return
         self._spool([op], "the recording queue is over its budget")
         if count:
             logger.warning(LOG_QUEUE_FULL, config.queue_size, config.queue_bytes, count)
 
+    def _enqueue_locked(self, op: Operation, deps: list[Operation] | tuple[()] = ()) -> None:
+        seq = self._seq = self._seq + 1
+        op.seq = seq
+        self._live[seq] = op
+        self._bytes += op.size
+        self._counts["queued"] += 1
+        provides = op.provides
+        if provides is not None:
+            self._by_key[provides] = op
+        session = self._by_session.get(op.session_id)
+        if session is None:
+            self._by_session[op.session_id] = {op}
+        else:
+            session.add(op)
+        if deps:
+            op.deps_left = len(deps)
+            for dep in deps:
+                if dep.dependents is None:
+                    dep.dependents = [op]
+                else:
+                    dep.dependents.append(op)
+        else:
+            self._ready.append(op)
+
+    def _admit_locked(self) -> None:
+        """Move what `submit` appended to the intake into the queue, in order."""
+        intake = self._intake
+        while intake:
+            self._enqueue_locked(intake.popleft())
+
     def _over_budget(self, size: int) -> bool:
         config = self._config
-        return len(self._live) >= config.queue_size or (
-            bool(self._live) and self._bytes + size > config.queue_bytes
-        )
+        live = len(self._live) + len(self._intake)
+        return live >= config.queue_size or (bool(live) and self._bytes + size > config.queue_bytes)
 
     def _wake_locked(self) -> None:
         """Wake an idle thread; ask for one more while the backlog outgrows the idle ones.
 
-        The thread is started by `_start_threads`, after the lock is released.
+        The thread is started by `_start_threads`, after the lock is released: by a sending
+        thread as it takes its next operation (starting a thread waits for it to run, which
+        on a busy process costs the GIL's switch interval), by `submit` only when no sending
+        thread runs at all.
         """
-        if self._idle:
-            self._cond.notify()
-            if self._idle >= len(self._ready):
+        sleeping = len(self._sleepers)
+        if sleeping:
+            self._wake_sleeper()
+            if sleeping >= len(self._ready):
                 return
-        if self._threads + self._to_start >= self._config.max_concurrency:
-            return
+        if self._threads + self._to_start >= min(self._limit, self._config.max_concurrency):
+            return  # at the ceiling, or Freeplay is failing and the limit came down
         if not self._healthy and self._threads + self._to_start >= 1:
             return  # Freeplay is failing: do not add load, the timers carry the retries
         self._to_start += 1
+
+    def _wake_sleeper(self) -> None:
+        """Wake one idle sending thread, if there is one. Needs no lock."""
+        try:
+            waiter = self._sleepers.popleft()
+        except IndexError:
+            return
+        waiter.release()
+
+    def _wake_sleepers(self) -> None:
+        for _ in range(len(self._sleepers)):
+            self._wake_sleeper()
+
+    def _sleep_locked(self, wait: float) -> None:
+        """Wait, the lock released, until `_wake_sleeper` or `wait` seconds pass.
+
+        The thread registers before it looks at the intake one last time: an operation
+        appended after that look finds it in `_sleepers` (see `submit`).
+        """
+        waiter = threading.Lock()
+        waiter.acquire()
+        self._sleepers.append(waiter)
+        if self._intake:
+            with contextlib.suppress(ValueError):  # (a submit may have popped it already)
+                self._sleepers.remove(waiter)
+            return
+        self._lock.release()
+        try:
+            waiter.acquire(True, max(0.001, wait))
+        finally:
+            self._lock.acquire()
+            with contextlib.suppress(ValueError):
+                self._sleepers.remove(waiter)
 
     def _start_threads(self) -> None:
         if not self._to_start:
@@ -394,42 +496,69 @@ class Recorder:
         for op in pending:
             op.cancelled = True
         if pending:
-            self._cond.notify_all()
+            self._wake_sleepers()  # a cancelled one on a timer is let go at once
         return pending
 
     def cancel_session(self, session_id: str) -> None:
         with self._cond:
+            self._admit_locked()
             self._cancel_locked(session_id)
 
     # -- the sending threads -----------------------------------------------------------
 
     def _next_locked(self) -> Operation | None:
-        """The next operation to attempt, waiting for one; None to let the thread exit."""
+        """The next operation to attempt, waiting for one; None to let the thread exit.
+
+        A thread takes work only while the requests in flight are under the limit and no
+        `Retry-After` pause runs. Past the limit it exits if there are more threads than
+        the limit allows (so threads shrink while Freeplay fails), else it waits.
+        """
         idle_since = time.monotonic()
         while True:
+            if self._intake:
+                self._admit_locked()
             now = time.monotonic()
             timers = self._timers
-            if timers and (timers[0][0] <= now or timers[0][2].cancelled or timers[0][2].state):
-                return heapq.heappop(timers)[2]
-            if self._ready:
-                return self._ready.popleft()
-            idle_for = self._config.idle_timeout - (now - idle_since)
-            if idle_for <= 0 and not timers:
-                return None
-            wait = idle_for if not timers else min(max(idle_for, 0.05), timers[0][0] - now)
-            self._idle += 1
-            try:
-                self._cond.wait(max(0.001, wait))
-            finally:
-                self._idle -= 1
+            limit = min(self._limit, self._config.max_concurrency)
+            ready = self._ready
+            if self._in_flight >= limit:
+                if self._threads > limit and (ready or timers):
+                    return None  # more threads than the limit: this one goes
+                wait = 0.05 if (ready or timers) else self._config.idle_timeout
+            elif now < self._not_before and (ready or timers):
+                wait = self._not_before - now
+            else:
+                op = None
+                if timers and (timers[0][0] <= now or timers[0][2].cancelled or timers[0][2].state):
+                    op = heapq.heappop(timers)[2]
+                elif ready:
+                    op = ready.popleft()
+                if op is not None:
+                    self._in_flight += 1
+                    if ready and len(self._sleepers) < len(ready):
+                        self._wake_locked()  # more waits: wake or ask for another thread
+                    return op
+                idle_for = self._config.idle_timeout - (now - idle_since)
+                if idle_for <= 0 and not timers:
+                    return None
+                wait = idle_for if not timers else min(max(idle_for, 0.05), timers[0][0] - now)
+            self._sleep_locked(wait)
 
     def _work(self) -> None:
+        op: Operation | None = None
         try:
             while True:
                 with self._cond:
+                    if op is not None:
+                        self._in_flight -= 1
+                        if self._ready or self._timers:
+                            self._wake_sleeper()  # a thread held back by the limit may go
+                    op = None
                     op = self._next_locked()
                     if op is None:
                         return
+                if self._to_start:
+                    self._start_threads()
                 try:
                     self._attempt(op)
                 except BaseException:  # pragma: no cover - _attempt handles every failure
@@ -437,8 +566,11 @@ class Recorder:
                     self._spool([op], "recorder error")
         finally:
             with self._cond:
+                if op is not None:
+                    self._in_flight -= 1
                 self._threads -= 1
-                if self._ready and self._threads == 0:
+                if self._threads == 0 and (self._ready or self._intake):
+                    self._admit_locked()
                     self._wake_locked()
             self._start_threads()
 
@@ -464,9 +596,8 @@ class Recorder:
         if not failure.transient:
             self._final_failure(op, failure)
             return
-        with self._cond:
-            self._healthy = False
         delay = self._delay(op.attempts, failure)
+        self._on_transient_failure(failure, delay)
         spent = time.monotonic() + delay - op.first_attempt_at
         if spent > config.retry_for or (
             config.max_attempts is not None and op.attempts >= config.max_attempts
@@ -482,7 +613,7 @@ class Recorder:
         with self._cond:
             self._counts["retried"] += 1
             heapq.heappush(self._timers, (time.monotonic() + delay, op.seq, op))
-            self._cond.notify()
+            self._wake_sleeper()  # a sleeping thread may have to wake earlier now
 
     def _delay(self, attempts: int, failure: Failure) -> float:
         config = self._config
@@ -492,15 +623,28 @@ class Recorder:
             delay = max(delay, min(failure.retry_after, config.retry_for))
         return delay
 
+    def _on_transient_failure(self, failure: Failure, delay: float) -> None:
+        """Freeplay is failing: halve the requests in flight; pause for a `Retry-After`."""
+        with self._cond:
+            self._healthy = False
+            self._limit = max(1, min(self._limit, self._config.max_concurrency) // 2)
+            if failure.retry_after is not None:
+                self._not_before = max(self._not_before, time.monotonic() + delay)
+
     def _on_success(self) -> None:
         now = time.monotonic()
         with self._cond:
+            if self._limit < self._config.max_concurrency:
+                self._limit += 1
+                if self._ready or self._timers:
+                    self._wake_locked()  # the limit grew: another request may go
             if not self._healthy:
                 # Freeplay answers again: what waits on a timer goes now, and the spool drains.
                 self._healthy = True
+                # (not before a Retry-After pause ends: _next_locked waits for that)
                 self._timers = [(now, seq, op) for _, seq, op in self._timers]
                 heapq.heapify(self._timers)
-                self._cond.notify_all()
+                self._wake_sleepers()
                 self._next_drain_check = 0.0
             if self._draining or now < self._next_drain_check:
                 return
@@ -559,7 +703,7 @@ class Recorder:
                     self._ready.append(dependent)
                     self._wake_locked()
             op.dependents = None
-            if self._flushers:
+            if self._flushers or self._putters:
                 self._cond.notify_all()
         self._start_threads()
         if spool_after:
@@ -723,6 +867,7 @@ class Recorder:
 
     def _target(self) -> int:
         with self._cond:
+            self._admit_locked()
             return self._seq
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -750,14 +895,20 @@ class Recorder:
         return False
 
     def _after_fork(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._intake = deque()
+        self._sleepers = deque()
         self._ready = deque()
         self._timers = []
         self._live = {}
         self._by_key = {}
         self._by_session = {}
         self._bytes = 0
-        self._threads = self._idle = self._flushers = self._to_start = 0
+        self._threads = self._flushers = self._putters = self._to_start = 0
+        self._in_flight = 0
+        self._limit = self._config.max_concurrency
+        self._not_before = 0.0
         self._draining = False
         self._counts = dict.fromkeys(self._counts, 0)
 
@@ -818,7 +969,6 @@ def _start_up(recorder: Recorder) -> None:
             logger.error(LOG_SPOOL_UNWRITABLE, path, problem)
             return
     recorder.start_drain()
-
 
 
 def configure_recording(

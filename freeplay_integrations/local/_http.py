@@ -262,7 +262,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset_connection()
             return
         if action.status:
-            headers = {"Retry-After": "0"} if action.status == 429 else None
+            headers = action.headers()
             message = f"Injected fault: {action.status} {_reason(action.status)}."
             self.server.log.add(method, path, action.status)
             self._send_json(action.status, {"message": message}, headers)

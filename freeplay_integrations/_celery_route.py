@@ -51,6 +51,7 @@ from celery import Celery
 
 from ._config import build_client
 from ._errors import ConfigurationError
+from ._ids import new_session_id
 
 # == adapter: every use of the recorder's internals is in this section ==================
 from ._recording import Operation, Recorder, SdkTransport, operation_from_json, recorder_for
@@ -343,17 +344,10 @@ class _Envelope:
         body = f"[[{op_json}], {{}}, {_EMBED}]".encode()
         values = {
             b"body": b'"' + base64.b64encode(body) + b'"',
-            b"id": b'"' + _uuid4() + b'"',
+            b"id": b'"' + new_session_id().encode("ascii") + b'"',
             b"argsrepr": argsrepr,
         }
         return self._format % values
-
-
-def _uuid4() -> bytes:
-    """A random (version 4) UUID's text, as `str(uuid.uuid4())` gives it, in half the time."""
-    h = os.urandom(16).hex()
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}".encode("ascii")
 
 
 class _RedisLpush:

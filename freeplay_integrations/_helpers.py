@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING, Any, TypedDict, cast
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from freeplay.model import FeedbackValue, JSONValue, SpanKind, TestRunInfo
 from freeplay.resources.recordings import RecordPayload, RecordResponse
@@ -36,6 +36,7 @@ from ._context import (
     unbind_trace,
 )
 from ._errors import ConfigurationError, NoActiveSessionError
+from ._ids import new_session_id, new_uuid4
 from ._recording import (
     Completion,
     CompletionFeedback,
@@ -45,7 +46,6 @@ from ._recording import (
     Trace,
     TraceFeedback,
     TraceMetadata,
-    new_uuid4,
     recorder_for,
     trace_to_json,
 )
@@ -283,7 +283,7 @@ class trace_scope(Scope[TraceHandle]):
         project_id = _project_id(binding, "trace_scope")
         parent = _trace(binding)
         handle = TraceHandle(
-            trace_id=str(uuid4()),
+            trace_id=new_session_id(),  # a random UUID v4, from the pool
             session_id=binding.session_id,
             _call_support=binding.client.call_support,
             input=self._input,

@@ -722,7 +722,7 @@ def test_trace_ops_follow_their_trace(server: LocalFreeplay) -> None:
 
 
 def test_new_uuid4_is_a_random_uuid_never_shared_with_a_forked_child() -> None:
-    from freeplay_integrations._recording import new_uuid4
+    from freeplay_integrations._ids import new_uuid4
 
     ids = [new_uuid4() for _ in range(600)]  # more than one 4 KiB refill
     assert len(set(ids)) == 600

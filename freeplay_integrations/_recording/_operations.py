@@ -12,11 +12,10 @@ import hashlib
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
-from uuid import UUID, SafeUUID
+from uuid import UUID
 
 from freeplay.llm_parameters import LLMParameters
 from freeplay.model import MediaInputBase64, MediaInputUrl, TestRunInfo
@@ -47,7 +46,6 @@ __all__ = [
     "Trace",
     "TraceFeedback",
     "TraceMetadata",
-    "new_uuid4",
     "operation_from_json",
     "session_ref",
     "trace_to_json",
@@ -66,45 +64,6 @@ DELETE_SESSION = "delete_session"
 
 #: Set to "1" to log full session IDs (by default a log line carries `session_ref(id)`).
 ENV_LOG_SESSION_IDS = "FREEPLAY_LOG_SESSION_IDS"
-
-
-#: Random 128-bit numbers for `new_uuid4`, made 256 at a time from one `os.urandom` call.
-_random_ids: deque[int] = deque()
-_fork_hook: list[bool] = []
-
-
-def _refill_random_ids() -> None:
-    if not _fork_hook and hasattr(os, "register_at_fork"):
-        _fork_hook.append(True)  # a forked child must never reuse its parent's numbers
-        os.register_at_fork(after_in_child=_random_ids.clear)
-    data = os.urandom(4096)
-    _random_ids.extend(int.from_bytes(data[i : i + 16], "big") for i in range(0, 4096, 16))
-
-
-def new_uuid4() -> UUID:
-    """A random (version 4) UUID, like `uuid.uuid4()`, from the same `os.urandom` source.
-
-    `uuid.uuid4()` calls `os.urandom(16)`, and `os.urandom` releases the GIL: on a busy
-    process the request thread then waits for the GIL to come back (up to the 5 ms switch
-    interval, often more). Reading 4 KiB at a time makes that one call in 256. Each number
-    is taken once (`deque.popleft` is atomic); a forked child starts a fresh pool.
-    """
-    while True:
-        try:
-            value = _random_ids.popleft()
-        except IndexError:
-            _refill_random_ids()
-        else:
-            break
-    uuid = object.__new__(UUID)  # what UUID(int=...) makes, without its argument checks
-    object.__setattr__(uuid, "int", value & _UUID4_CLEAR | _UUID4_SET)
-    object.__setattr__(uuid, "is_safe", SafeUUID.unknown)
-    return uuid
-
-
-#: The variant (RFC 4122) and version (4) bits of a random UUID, as `UUID(version=4)` sets them.
-_UUID4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64))
-_UUID4_SET = (0x8000 << 48) | (4 << 76)
 
 
 def session_ref(session_id: str) -> str:

@@ -495,7 +495,7 @@ class _Deliverer:
             failure = transport.classify(exc)
             ref = short_ref(op.session_id)
             reason = failure.reason.replace(op.session_id, ref)
-            if failure.transient:
+            if failure.transient or (failure.status == 404 and _follows_another(op)):
                 retries = int(task.request.retries or 0)
                 if task.max_retries is None or retries < task.max_retries:
                     raise TransientDeliveryError(f"{op.kind} for session {ref}: {reason}") from None
@@ -507,3 +507,11 @@ class _Deliverer:
             logger.error(LOG_SPOOLED, op.kind, ref, reason)
             return "spooled"
         return "sent"
+
+
+def _follows_another(op: Operation) -> bool:
+    """Whether `op` needs another operation stored first (feedback its completion, metadata
+    its trace or session). Routed operations are not ordered across worker processes, so a
+    404 for it may only mean that the other one is still queued: it is retried like a
+    transient failure, and dropped only once the retries are spent."""
+    return op.follows is not None or op.follows_session

@@ -130,6 +130,24 @@ def test_every_kind_of_operation_is_delivered_by_the_worker(
     assert "'sent'" in worker.log()
 
 
+def test_feedback_that_overtakes_its_completion_waits_for_it(
+    freeplay: LocalFreeplay, worker: Worker, app: Celery
+) -> None:
+    """Routed operations are not ordered across worker processes: feedback can reach
+    Freeplay before its completion, which answers 404 then. It is retried, not dropped."""
+    client = _routed_client(freeplay, app)
+    completion_id = uuid.uuid4()
+    with session_scope(client, project_id=PROJECT):
+        record_feedback({"thumbs": "up"}, completion_id=completion_id)
+        wait_until(lambda: freeplay.faults.arrivals(), 20, "the feedback tried first")
+        record(all_messages=MESSAGES, completion_id=completion_id)
+
+    assert freeplay.wait_for(
+        lambda: freeplay.feedback(str(completion_id)).get("thumbs") == "up", timeout=30
+    ), worker.log()
+    assert "'rejected'" not in worker.log()
+
+
 def test_messages_are_json_tasks_for_the_delivery_task(
     freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
 ) -> None:

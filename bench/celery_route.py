@@ -21,8 +21,8 @@ round so that no case always runs first:
 - `in-process`: `record()` on the default route (the recorder's own queue and threads),
   for comparison; Freeplay is the local server;
 - the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
-  (with a route that takes the operation and does nothing), `op.to_json()`,
-  `json.dumps` of its result, and the message built around it (`envelope`).
+  (with a route that takes the operation and does nothing), `op.to_json_text()`
+  (the operation's JSON, one pass), and the message built around it (`envelope`).
 
 Prints, per round, each case's median and p99 and the load average; then the median over
 rounds of each, the ratios that matter (route / lpush, apply_async / route, unix / tcp), and
@@ -32,7 +32,6 @@ whether `record()` on the route met 100 µs at p99.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -155,10 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_recording(alone, via=null)
         _records(alone, 1)
         op, envelope = null.op, _Envelope(QUEUE, "0@bench")
-        op_dict, op_text = op.to_json(), json.dumps(op.to_json())
+        op_text = op.to_json_text()
         cases["record() alone"] = lambda: _records(alone, args.records)
-        cases["op.to_json()"] = lambda: _calls(op.to_json, args.records)
-        cases["json.dumps"] = lambda: _calls(lambda: json.dumps(op_dict), args.records)
+        cases["op.to_json_text()"] = lambda: _calls(op.to_json_text, args.records)
         cases["envelope"] = lambda: _calls(lambda: envelope.message(op_text, op.kind), args.records)
         print(f"one message: {len(message)} bytes; the operation's JSON: {len(op_text)} bytes")
 
@@ -197,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {own} / {lpush}: {ratio(own, lpush)}")
     for case in ("lpush", "own lpush", "route"):
         print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
-    before = ("record() alone", "op.to_json()", "json.dumps", "envelope")
+    before = ("record() alone", "op.to_json_text()", "envelope")
     parts = sum(summary[name]["median"] for name in before)
     print(f"the route's record() in parts (medians): {' + '.join(before)} = {parts:.1f} µs")
     for transport in ("tcp", "unix"):

@@ -58,13 +58,10 @@ from ._recording import Operation, Recorder, SdkTransport, operation_from_json, 
 from ._recording._operations import session_ref
 from ._recording._scheduler import SPOOLED_STATUSES
 
-#: `to_json()` returns a fresh tree of JSON values: no cycles to look for.
-_encode_json = json.JSONEncoder(check_circular=False, separators=(",", ":")).encode
-
 
 def _op_json(op: Operation) -> str:
     """`op` as the JSON text of a mapping that includes its `kind`."""
-    return _encode_json(op.to_json())
+    return op.to_json_text()
 
 
 def _op_from_json(data: Mapping[str, Any]) -> Operation:

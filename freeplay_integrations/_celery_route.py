@@ -510,5 +510,5 @@ def _follows_another(op: Operation) -> bool:
     """Whether `op` needs another operation stored first (feedback its completion, metadata
     its trace or session). Routed operations are not ordered across worker processes, so a
     404 for it may only mean that the other one is still queued: it is retried like a
-    transient failure, and dropped only once the retries are spent."""
+    transient failure, and spooled like one once the retries are spent."""
     return op.follows is not None or op.follows_session

@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: uvicorn (ASGI) in a background thread."""
+"""Real servers on loopback for tests: uvicorn (ASGI) in a background thread, and the
+conversation check every ASGI framework's test runs against one."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
-__all__ = ["serve_asgi"]
+from freeplay_integrations.local import LocalFreeplay
+
+__all__ = ["check_a_conversation_records_into_its_session", "serve_asgi"]
 
 
 @contextmanager
@@ -33,3 +37,22 @@ def serve_asgi(app: Any, *, lifespan: str = "on") -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def check_a_conversation_records_into_its_session(server: LocalFreeplay, app: Any) -> None:
+    """Serve `app`, whose `POST /chat` records one completion and answers
+    `{"session_id", "completion"}`: two turns of one conversation (the cookie carries it
+    on) land in its session, both stored there; a stranger's turn gets another session."""
+    with serve_asgi(app) as url, httpx.Client(base_url=url) as http:
+        first = http.post("/chat")
+        second = http.post("/chat")
+        other = httpx.post(f"{url}/chat")
+    session_id = first.headers["x-freeplay-session-id"]
+
+    assert first.json()["session_id"] == second.json()["session_id"] == session_id
+    assert other.json()["session_id"] != session_id
+    assert server.wait_for(lambda: len(server.completions(session_id)) == 2)
+    assert {c["id"] for c in server.completions(session_id)} == {
+        first.json()["completion"],
+        second.json()["completion"],
+    }

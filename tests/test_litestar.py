@@ -18,7 +18,7 @@ from freeplay_integrations import current_session, record, require_session
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
 from freeplay_integrations.local import LocalFreeplay
 
-from ._servers import serve_asgi
+from ._servers import check_a_conversation_records_into_its_session, serve_asgi
 
 litestar = pytest.importorskip("litestar", reason="Litestar is in the test-frameworks group")
 from litestar.response import Stream  # noqa: E402
@@ -55,20 +55,7 @@ def build_app(server: LocalFreeplay) -> Any:
 
 
 def test_handlers_record_into_the_conversations_session(freeplay_local: LocalFreeplay) -> None:
-    with serve_asgi(build_app(freeplay_local)) as url, httpx.Client(base_url=url) as http:
-        first = http.post("/chat")
-        second = http.post("/chat")  # the cookie carries the conversation on
-        other = httpx.post(f"{url}/chat")
-    session_id = first.headers[HEADER]
-
-    assert first.json()["session_id"] == second.json()["session_id"] == session_id
-    assert other.json()["session_id"] != session_id
-    stored = freeplay_local.wait_for(lambda: len(freeplay_local.completions(session_id)) == 2)
-    assert stored
-    assert {c["id"] for c in freeplay_local.completions(session_id)} == {
-        first.json()["completion"],
-        second.json()["completion"],
-    }
+    check_a_conversation_records_into_its_session(freeplay_local, build_app(freeplay_local))
 
 
 def test_every_chunk_of_a_streamed_body_sees_the_session(freeplay_local: LocalFreeplay) -> None:

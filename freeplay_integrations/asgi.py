@@ -60,7 +60,7 @@ class FreeplaySessionMiddleware:
     else:
 
         def __init__(self, *args, **options):
-            # Typed positional-only, but Starlette before 0.37 and Litestar's
+            # Typed positional-only, but Starlette before 0.41 and Litestar's
             # DefineMiddleware build middleware with `app=` by keyword.
             self._setup(_take_app(args, options), Settings.from_options(options))
 
@@ -204,23 +204,21 @@ class FreeplaySessionMiddleware:
         token = binding.token
         key = self._echo_key
         if key is not None:
-            for name, value in headers:
+            for index, (name, value) in enumerate(headers):
                 if name == _EXPOSE:  # merge with the app's own (CORS) list
                     merged = self.resolver.expose(value.decode("latin-1"))
                     if merged is not None:
-                        headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
-                    headers.append((key, token.encode("latin-1")))
-                    if self._set_cookie:
-                        prefix, suffix = self._cookie_fragments[secure]
-                        headers.append((_SET_COOKIE, prefix + token.encode("latin-1") + suffix))
+                        headers[index] = (name, merged.encode("latin-1"))
+                    headers += self._session_headers(token, secure)[1:]  # all but the expose
                     return message
         headers += self._session_headers(token, secure)
         return message
 
     def _session_headers(self, token: str, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
         """The headers a response with no `Access-Control-Expose-Headers` of its own gets
-        for `token`. A token a client sent (one the resolver knows) has them built once, in
-        a cache bounded like the resolver's (`KNOWN_VALUES`, then forgotten all at once)."""
+        for `token`, that header first when the ID is echoed. A token a client sent (one the
+        resolver knows) has them built once, in a cache bounded like the resolver's
+        (`KNOWN_VALUES`, then forgotten all at once)."""
         cache = self._headers_cache[secure]
         added = cache.get(token)
         if added is None:

@@ -727,7 +727,7 @@ def test_the_fastapi_cli_finds_a_readme_shaped_app(
 
 
 def test_the_app_can_be_given_by_keyword_as_older_starlette_does(client: Freeplay) -> None:
-    """Starlette before 0.37 builds each middleware as `cls(app=app, **options)`."""
+    """Starlette before 0.41 builds each middleware as `cls(app=app, **options)`."""
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         body = require_session().session_id.encode()

@@ -81,7 +81,6 @@ from freeplay_integrations._config import (  # noqa: E402
     DEFAULT_SESSION_HEADER,
 )
 from freeplay_integrations._recording import ENV_SPOOL_PATH  # noqa: E402
-from freeplay_integrations.asgi import SHUTDOWN_FLUSH_TIMEOUT  # noqa: E402
 from freeplay_integrations.local import LocalFreeplay  # noqa: E402
 
 __all__ = [
@@ -780,7 +779,7 @@ def run_scenario(
                 app.terminate()
                 limit = shutdown_timeout + SLACK
                 if app.server == "uvicorn":
-                    limit += SHUTDOWN_FLUSH_TIMEOUT
+                    limit += shutdown_timeout  # lifespan's flush, then atexit's
                 outcome.exit_limit = limit
                 outcome.exit_code, outcome.exit_seconds = app.wait(limit + 30)
         outcome.observed = _observed(freeplay)
@@ -816,7 +815,7 @@ def _after_sigterm(
 ) -> None:
     limit = shutdown_timeout + SLACK
     if app.server == "uvicorn":
-        limit += SHUTDOWN_FLUSH_TIMEOUT
+        limit += shutdown_timeout  # lifespan's flush, then atexit's
     outcome.exit_limit = limit
     app.terminate()  # in case the load ended before half of it was done
     outcome.exit_code, outcome.exit_seconds = app.wait(limit + 30)

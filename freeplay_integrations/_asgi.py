@@ -1,15 +1,17 @@
-"""ASGI types and the lifespan flush shared by the ASGI middleware and Django's ASGI app.
+"""ASGI types, and the lifespan-shutdown flush of the ASGI middleware.
 
-Framework-free: only the ASGI protocol's shapes, and the flush both run at lifespan
-shutdown.
+Framework-free: only the ASGI protocol's shapes, and the flush run at lifespan shutdown.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "ASGIApp", "Message", "Receive", "Scope", "Send"]
+from ._recording import flush, shutdown_timeout
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "flush_at_shutdown"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -17,5 +19,15 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: How long lifespan shutdown waits for background recordings to be delivered or spooled.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
+
+async def flush_at_shutdown() -> None:
+    """Wait, in a worker thread, at most the one shutdown timeout (`shutdown_timeout`) for
+    background recordings to be delivered or spooled: through anyio when present (asyncio
+    or trio), else asyncio's default executor."""
+    timeout = shutdown_timeout()
+    try:
+        import anyio.to_thread
+    except ImportError:
+        await asyncio.get_running_loop().run_in_executor(None, flush, timeout)
+        return
+    await anyio.to_thread.run_sync(flush, timeout)

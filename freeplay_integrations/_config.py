@@ -110,6 +110,23 @@ def keyword_option(name: str) -> str:
     return f"`{name}=`"
 
 
+def deprecated_shutdown_constant(module: str) -> float:
+    """What the old `<module>.SHUTDOWN_FLUSH_TIMEOUT` (10 s, a figure no shutdown used) now
+    reads, with a DeprecationWarning: the one shutdown timeout every route waits."""
+    import warnings
+
+    from ._recording import shutdown_timeout
+
+    warnings.warn(
+        f"{module}.SHUTDOWN_FLUSH_TIMEOUT is deprecated: every shutdown route (atexit, ASGI "
+        "lifespan, Django's ASGI app, Celery worker shutdown) waits the one timeout set by "
+        "configure_recording(shutdown_timeout=), default 5 s; this reads that value",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return shutdown_timeout()
+
+
 class OptionError(ConfigurationError):
     """One option's mistake; `option` is the option's name (lower case, as in `OPTIONS`)."""
 

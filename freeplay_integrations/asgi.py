@@ -14,15 +14,13 @@ installed, else the ASGI scope (Quart, Litestar, bare ASGI).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._asgi import SHUTDOWN_FLUSH_TIMEOUT, ASGIApp, Message, Receive, Scope, Send
-from ._config import Settings
+from ._asgi import ASGIApp, Message, Receive, Scope, Send, flush_at_shutdown
+from ._config import Settings, deprecated_shutdown_constant
 from ._context import SessionBinding, bind, unbind
-from ._recording import flush, shutdown_timeout
 from ._web import KNOWN_VALUES, Rejection, SessionResolver
 
 if TYPE_CHECKING:
@@ -30,7 +28,7 @@ if TYPE_CHECKING:
 
     from ._config import FreeplayOptions
 
-__all__ = ["SHUTDOWN_FLUSH_TIMEOUT", "WS_POLICY_VIOLATION", "FreeplaySessionMiddleware"]
+__all__ = ["WS_POLICY_VIOLATION", "FreeplaySessionMiddleware"]
 
 #: WebSocket close code for a connection refused for an invalid session ID (policy).
 WS_POLICY_VIOLATION = 1008
@@ -204,15 +202,21 @@ class FreeplaySessionMiddleware:
         token = binding.token
         key = self._echo_key
         if key is not None:
-            for index, (name, value) in enumerate(headers):
-                if name == _EXPOSE:  # merge with the app's own (CORS) list
-                    merged = self.resolver.expose(value.decode("latin-1"))
-                    if merged is not None:
-                        headers[index] = (name, merged.encode("latin-1"))
+            for name, _ in headers:
+                if name == _EXPOSE:  # merge with the app's own (CORS) list (rare: no index kept)
+                    self._merge_expose(headers)
                     headers += self._session_headers(token, secure)[1:]  # all but the expose
                     return message
         headers += self._session_headers(token, secure)
         return message
+
+    def _merge_expose(self, headers: list[tuple[bytes, bytes]]) -> None:
+        for index, (name, value) in enumerate(headers):
+            if name == _EXPOSE:
+                merged = self.resolver.expose(value.decode("latin-1"))
+                if merged is not None:
+                    headers[index] = (name, merged.encode("latin-1"))
+                return
 
     def _session_headers(self, token: str, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
         """The headers a response with no `Access-Control-Expose-Headers` of its own gets
@@ -266,7 +270,7 @@ class FreeplaySessionMiddleware:
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_after_flush(message: Message) -> None:
             if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await _in_thread(flush, shutdown_timeout())
+                await flush_at_shutdown()
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
@@ -281,16 +285,6 @@ def _connection_class() -> Any:
     return HTTPConnection
 
 
-async def _in_thread(function: Any, *args: Any) -> Any:
-    """Run `function` in a worker thread: through anyio when present (asyncio or trio),
-    else asyncio's default executor."""
-    try:
-        import anyio.to_thread
-    except ImportError:
-        return await asyncio.get_running_loop().run_in_executor(None, function, *args)
-    return await anyio.to_thread.run_sync(function, *args)
-
-
 def _take_app(args: tuple[Any, ...], options: dict[str, Any]) -> ASGIApp:
     """The wrapped app, given first or as `app=`; a clear TypeError otherwise."""
     if len(args) == 1 and "app" not in options:
@@ -301,3 +295,9 @@ def _take_app(args: tuple[Any, ...], options: dict[str, Any]) -> ASGIApp:
         "FreeplaySessionMiddleware takes the ASGI app as its one positional argument "
         "(or app=), and every option by keyword"
     )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SHUTDOWN_FLUSH_TIMEOUT":
+        return deprecated_shutdown_constant(__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

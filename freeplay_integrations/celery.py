@@ -51,7 +51,12 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
 
 # The delivery route (`configure_recording(via=app)`): its task, registered explicitly.
 from ._celery_route import DELIVERY_TASK, TransientDeliveryError, register_delivery_task
-from ._config import build_client, resolve_project_id, validate_option
+from ._config import (
+    build_client,
+    deprecated_shutdown_constant,
+    resolve_project_id,
+    validate_option,
+)
 from ._context import (
     SessionBinding,
     bind,
@@ -76,7 +81,6 @@ __all__ = [
     "METADATA_HEADER",
     "PROJECT_HEADER",
     "SESSION_HEADER",
-    "SHUTDOWN_FLUSH_TIMEOUT",
     "TRACE_HEADER",
     "TransientDeliveryError",
     "disable_session_propagation",
@@ -94,8 +98,6 @@ METADATA_HEADER = "freeplay_session_metadata"
 #: Prefix of the `dispatch_uid` of every signal handler this module connects.
 DISPATCH_UID = "freeplay_integrations.celery"
 LOG_INVALID_HEADER = "freeplay_integrations.celery: task %s[%s] has an invalid %s header; ignored"
-#: How long a worker's shutdown waits for background recordings to be delivered.
-SHUTDOWN_FLUSH_TIMEOUT = 10.0
 
 
 def _option(option: str) -> str:
@@ -319,3 +321,9 @@ def _on_postrun(sender: Any = None, task: Any = None, **_: Any) -> None:
 def _on_worker_shutdown(**_: Any) -> None:
     """Deliver background recordings before a worker (or a pool process) exits."""
     flush(shutdown_timeout())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SHUTDOWN_FLUSH_TIMEOUT":
+        return deprecated_shutdown_constant(__name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -444,3 +445,16 @@ def test_a_validator_runs_once_per_check(client: Freeplay, monkeypatch: Any) -> 
     monkeypatch.setattr(_config, "OPTIONS", replaced)
     Settings.check({"client": client, "project_id": "p", "on_invalid": "bad", "recording": "x"})
     assert calls == ["bad"]
+
+
+@pytest.mark.parametrize("module", ["freeplay_integrations.asgi", "freeplay_integrations.celery"])
+def test_the_old_shutdown_constants_warn_and_read_the_one_shutdown_timeout(module: str) -> None:
+    from freeplay_integrations._recording import shutdown_timeout
+
+    imported = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=r"configure_recording\(shutdown_timeout=\)"):
+        value = imported.SHUTDOWN_FLUSH_TIMEOUT
+    assert value == shutdown_timeout()
+    assert "SHUTDOWN_FLUSH_TIMEOUT" not in imported.__all__
+    with pytest.raises(AttributeError, match="no attribute 'NOT_A_NAME'"):
+        imported.NOT_A_NAME  # noqa: B018

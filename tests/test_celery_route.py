@@ -8,6 +8,7 @@ over HTTP), and, for the SIGKILL test, a waitress web process.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -166,6 +167,38 @@ def test_messages_are_json_tasks_for_the_delivery_task(
     assert op["session_id"] == session_id
     assert op["data"]["completion_id"] == completion_id
     assert route.published == 1
+
+
+@dataclasses.dataclass
+class _ProviderPart:
+    """A provider's message part that is not a dict (the SDK converts dataclasses)."""
+
+    type: str
+    text: str
+
+
+def test_a_message_carries_what_the_sdk_would_send_for_every_message_shape(
+    freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
+) -> None:
+    """Plain messages travel as they are; the rest as the SDK converts them."""
+    route = CeleryRoute(app, queue="shapes-only")  # no worker consumes this queue
+    messages: list[Any] = [
+        {"role": "user", "content": [{"type": "text", "text": "héllo"}], "n": [1, 2.5, None]},
+        {"role": "user", "content": [{"kind": "downloaded_file", "slot": "doc"}]},
+        {"role": "user", "content": [_ProviderPart("text", "from a provider type")]},
+        {"role": "assistant", "content": ("a", "tuple")},
+    ]
+    with session_scope(_routed_client(freeplay, route), project_id=PROJECT):
+        record(all_messages=messages)
+    (raw,) = redis_server.client().lrange("shapes-only", 0, -1)
+    (op,), _, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    sent = op["data"]["all_messages"]
+    assert sent[0] == messages[0]
+    assert sent[1]["content"] == [{"kind": "uploaded_file", "slot": "doc"}]  # the SDK's rename
+    assert sent[2]["content"] == [{"type": "text", "text": "from a provider type"}]
+    assert sent[3]["content"] == ["a", "tuple"]
+    assert messages[1]["content"][0]["kind"] == "downloaded_file"  # the caller's, unchanged
+    redis_server.client().delete("shapes-only")
 
 
 def test_each_message_carries_its_own_version_4_uuid(

@@ -335,6 +335,42 @@ def test_a_connection_closed_while_idle_is_replaced_without_falling_back(
         assert route.refused == 1
 
 
+def test_an_error_reply_from_redis_falls_back_to_in_process_delivery(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    inspect = redis_server.client()
+    inspect.set("not-a-list", "x")  # LPUSH onto it: -WRONGTYPE
+    route = CeleryRoute(Celery("web", broker=redis_server.url), queue="not-a-list")
+    client = _routed_client(freeplay, route)
+    _, ids = _record_some(client, 2)
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=20)
+    assert (route.published, route.refused) == (0, 2)
+    assert inspect.get("not-a-list") == b"x"
+    inspect.delete("not-a-list")
+
+
+@pytest.mark.parametrize("reply_spin", [0, 0.001])
+def test_a_publish_waits_for_the_reply_whether_it_spins_or_not(
+    freeplay: LocalFreeplay, redis_server: RedisServer, reply_spin: float
+) -> None:
+    queue = f"spin-{reply_spin}"
+    route = CeleryRoute(
+        Celery("web", broker=redis_server.socket_url), queue=queue, reply_spin=reply_spin
+    )
+    op = _one_operation(freeplay)
+    for n in range(1, 51):
+        assert route.submit(op)
+        assert redis_server.client().llen(queue) == n  # in Redis once submit returned
+    assert (route.published, route.refused) == (50, 0)
+    redis_server.client().delete(queue)
+
+
+@pytest.mark.parametrize("bad", [-1e-6, 0.002, True, "50us"])
+def test_reply_spin_is_checked(app: Celery, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="reply_spin"):
+        CeleryRoute(app, reply_spin=bad)
+
+
 def test_a_forked_child_publishes_over_a_connection_of_its_own(
     freeplay: LocalFreeplay, redis_server: RedisServer
 ) -> None:

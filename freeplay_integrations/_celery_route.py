@@ -154,6 +154,12 @@ class CeleryRoute:
 
     `submit(op)` returns True once the broker holds the message, False (nothing raised)
     when it cannot be reached: the recorder then delivers `op` in-process.
+
+    Options (pass `via=CeleryRoute(app, ...)` to set them): `queue` (default: where the
+    app routes `DELIVERY_TASK`); `publish_timeout`, seconds a publish may take, connect
+    included (0.1); `retry_interval`, seconds the broker is left alone after a failure (5);
+    `reply_spin`, seconds a publish to Redis polls for the reply before its thread sleeps on
+    it (50 µs; 0 never polls, 1 ms at most; ignored over TLS and for other brokers).
     """
 
     def __init__(

@@ -17,7 +17,7 @@ machinery), so `record()` returns once Redis holds it: a web process killed righ
 loses nothing it recorded. That LPUSH is the request path's cost, so it is kept short: the
 message's constant parts are serialised once per route (`_Envelope`), and the command goes
 over connections the route keeps (`_RedisLpush`: no pool lock or health check per call),
-whose reply is polled for up to `reply_spin` (50 µs) before the thread sleeps on it.
+whose reply is polled for up to `reply_spin` before the thread sleeps on it.
 `redis+socket:///path` brokers are reached over Redis's unix socket, `redis://` and
 `rediss://` over TCP. Other brokers go through `send_task(..., retry=False)`.
 When the broker cannot be reached within `publish_timeout`, `submit` returns False (the
@@ -157,9 +157,10 @@ class CeleryRoute:
 
     Options (pass `via=CeleryRoute(app, ...)` to set them): `queue` (default: where the
     app routes `DELIVERY_TASK`); `publish_timeout`, seconds a publish may take, connect
-    included (0.1); `retry_interval`, seconds the broker is left alone after a failure (5);
+    included; `retry_interval`, seconds the broker is left alone after a failure;
     `reply_spin`, seconds a publish to Redis polls for the reply before its thread sleeps on
-    it (50 µs; 0 never polls, 1 ms at most; ignored over TLS and for other brokers).
+    it (0: never polls; not used over TLS or with other brokers). Their defaults are the
+    `DEFAULT_*` constants above.
     """
 
     def __init__(

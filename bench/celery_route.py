@@ -10,13 +10,16 @@ round so that no case always runs first:
 
 - `lpush`: a bare redis-py `Redis.lpush` of the bytes the route writes for one
   `record()` (one round trip to Redis, through redis-py's connection pool);
-- `own lpush`: the same bytes through the route's own LPUSH (its kept connections);
+- `own lpush`: the same bytes through the route's own LPUSH (its kept connections, its
+  default reply spin);
 - `route`: `record()` (a two-message completion inside `session_scope`) with
   `configure_recording(via=app)`; it returns once Redis holds the message;
+- `route, no spin`: the same with `CeleryRoute(app, reply_spin=0)`: the thread sleeps on
+  Redis's reply at once instead of polling for it first;
 - `apply_async`: `record()` with a route that calls Celery's own
   `task.apply_async(args=(op.to_json(),))` on the delivery task, what a user would write
   without this package's route (also returns once Redis holds the message);
-- each of those three over TCP loopback (`redis://127.0.0.1:PORT/0`) and over the unix
+- each of those over TCP loopback (`redis://127.0.0.1:PORT/0`) and over the unix
   socket (`redis+socket:///.../redis.sock`);
 - `in-process`: `record()` on the default route (the recorder's own queue and threads),
   for comparison; Freeplay is the local server;
@@ -25,8 +28,9 @@ round so that no case always runs first:
   (the operation's JSON, one pass), and the message built around it (`envelope`).
 
 Prints, per round, each case's median and p99 and the load average; then the median over
-rounds of each, the ratios that matter (route / lpush, apply_async / route, unix / tcp), and
-whether `record()` on the route met 100 µs at p99.
+rounds of each, with the CPU time the process spent per call (a spin on the reply shows
+there), the ratios that matter (route / lpush, apply_async / route, unix / tcp), and whether
+`record()` on the route met 100 µs at p99.
 """
 
 from __future__ import annotations
@@ -79,11 +83,14 @@ class ApplyAsyncRoute:
 
 
 def _time(call: Callable[[int], object], n: int) -> list[float]:
+    """Each call's wall time, in µs, followed by the process's CPU time per call."""
     timings: list[float] = []
+    cpu = time.process_time_ns()
     for i in range(n):
         started = time.perf_counter_ns()
         call(i)
         timings.append((time.perf_counter_ns() - started) / 1000)
+    timings.append((time.process_time_ns() - cpu) / 1000 / n)
     return timings
 
 
@@ -99,9 +106,11 @@ def _calls(call: Callable[[], object], n: int) -> list[float]:
 
 
 def _stats(timings: list[float]) -> dict[str, float]:
-    ordered = sorted(timings)
+    *walls, cpu = timings
+    ordered = sorted(walls)
     n = len(ordered)
-    return {"median": statistics.median(ordered), "p99": ordered[min(n - 1, int(n * 0.99))]}
+    p99 = ordered[min(n - 1, int(n * 0.99))]
+    return {"median": statistics.median(ordered), "p99": p99, "cpu": cpu}
 
 
 def _load() -> str:
@@ -116,7 +125,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import redis
     from celery import Celery
 
-    from freeplay_integrations._celery_route import _Envelope, _redis_lpush
+    from freeplay_integrations._celery_route import (
+        DEFAULT_REPLY_SPIN,
+        CeleryRoute,
+        _Envelope,
+        _redis_lpush,
+    )
     from freeplay_integrations.celery import register_delivery_task
 
     print(
@@ -134,12 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             app = Celery(f"bench-{transport}", broker=url)
             task = register_delivery_task(app, client=freeplay.client())
-            routed, naive = freeplay.client(), freeplay.client()
+            routed, sleeper, naive = freeplay.client(), freeplay.client(), freeplay.client()
             configure_recording(routed, via=app)
+            configure_recording(sleeper, via=CeleryRoute(app, reply_spin=0))
             configure_recording(naive, via=ApplyAsyncRoute(task))
             _records(routed, 1)
             message = inspect.lindex(QUEUE, 0)  # the bytes the route wrote for one record()
-            own = _redis_lpush(app, QUEUE, 1.0)
+            own = _redis_lpush(app, QUEUE, 1.0, DEFAULT_REPLY_SPIN)
             cases[f"lpush {transport}"] = lambda r=bare, m=message: _calls(
                 lambda: r.lpush(QUEUE, m), args.records
             )
@@ -147,6 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 lambda: o(m), args.records
             )
             cases[f"route {transport}"] = lambda c=routed: _records(c, args.records)
+            cases[f"route, no spin {transport}"] = lambda c=sleeper: _records(c, args.records)
             cases[f"apply_async {transport}"] = lambda c=naive: _records(c, args.records)
         local = freeplay.client()
         cases["in-process"] = lambda: _records(local, args.records)
@@ -175,12 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         inspect.delete(QUEUE)
 
     summary = {
-        name: {k: statistics.median(r[k] for r in rounds) for k in ("median", "p99")}
+        name: {k: statistics.median(r[k] for r in rounds) for k in ("median", "p99", "cpu")}
         for name, rounds in results.items()
     }
     print(f"\nmedian over {args.rounds} rounds of {args.records} calls each (load {_load()}):")
     for name, s in summary.items():
-        print(f"  {name:>16}: median {s['median']:7.1f} µs   p99 {s['p99']:7.1f} µs")
+        print(
+            f"  {name:>21}: median {s['median']:7.1f} µs   p99 {s['p99']:7.1f} µs"
+            f"   CPU {s['cpu']:6.1f} µs/call"
+        )
 
     def ratio(a: str, b: str) -> str:
         return "  ".join(f"{k} {summary[a][k] / summary[b][k]:.2f}x" for k in ("median", "p99"))
@@ -193,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for transport in ("tcp", "unix"):
         own, lpush = f"own lpush {transport}", f"lpush {transport}"
         print(f"  {own} / {lpush}: {ratio(own, lpush)}")
+    for transport in ("tcp", "unix"):
+        route, sleeper = f"route {transport}", f"route, no spin {transport}"
+        print(f"  {route} / {sleeper}: {ratio(route, sleeper)}")
     for case in ("lpush", "own lpush", "route"):
         print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
     before = ("record() alone", "op.to_json_text()", "envelope")

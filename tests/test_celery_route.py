@@ -8,6 +8,7 @@ over HTTP), and, for the SIGKILL test, a waitress web process.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -168,6 +169,38 @@ def test_messages_are_json_tasks_for_the_delivery_task(
     assert route.published == 1
 
 
+@dataclasses.dataclass
+class _ProviderPart:
+    """A provider's message part that is not a dict (the SDK converts dataclasses)."""
+
+    type: str
+    text: str
+
+
+def test_a_message_carries_what_the_sdk_would_send_for_every_message_shape(
+    freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
+) -> None:
+    """Plain messages travel as they are; the rest as the SDK converts them."""
+    route = CeleryRoute(app, queue="shapes-only")  # no worker consumes this queue
+    messages: list[Any] = [
+        {"role": "user", "content": [{"type": "text", "text": "héllo"}], "n": [1, 2.5, None]},
+        {"role": "user", "content": [{"kind": "downloaded_file", "slot": "doc"}]},
+        {"role": "user", "content": [_ProviderPart("text", "from a provider type")]},
+        {"role": "assistant", "content": ("a", "tuple")},
+    ]
+    with session_scope(_routed_client(freeplay, route), project_id=PROJECT):
+        record(all_messages=messages)
+    (raw,) = redis_server.client().lrange("shapes-only", 0, -1)
+    (op,), _, _ = json.loads(base64.b64decode(json.loads(raw)["body"]))
+    sent = op["data"]["all_messages"]
+    assert sent[0] == messages[0]
+    assert sent[1]["content"] == [{"kind": "uploaded_file", "slot": "doc"}]  # the SDK's rename
+    assert sent[2]["content"] == [{"type": "text", "text": "from a provider type"}]
+    assert sent[3]["content"] == ["a", "tuple"]
+    assert messages[1]["content"][0]["kind"] == "downloaded_file"  # the caller's, unchanged
+    redis_server.client().delete("shapes-only")
+
+
 def test_each_message_carries_its_own_version_4_uuid(
     freeplay: LocalFreeplay, app: Celery, redis_server: RedisServer
 ) -> None:
@@ -300,6 +333,42 @@ def test_a_connection_closed_while_idle_is_replaced_without_falling_back(
         server.stop()
         assert not route.submit(op)  # a broker that is gone is still reported as gone
         assert route.refused == 1
+
+
+def test_an_error_reply_from_redis_falls_back_to_in_process_delivery(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    inspect = redis_server.client()
+    inspect.set("not-a-list", "x")  # LPUSH onto it: -WRONGTYPE
+    route = CeleryRoute(Celery("web", broker=redis_server.url), queue="not-a-list")
+    client = _routed_client(freeplay, route)
+    _, ids = _record_some(client, 2)
+    freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=20)
+    assert (route.published, route.refused) == (0, 2)
+    assert inspect.get("not-a-list") == b"x"
+    inspect.delete("not-a-list")
+
+
+@pytest.mark.parametrize("reply_spin", [0, 0.001])
+def test_a_publish_waits_for_the_reply_whether_it_spins_or_not(
+    freeplay: LocalFreeplay, redis_server: RedisServer, reply_spin: float
+) -> None:
+    queue = f"spin-{reply_spin}"
+    route = CeleryRoute(
+        Celery("web", broker=redis_server.socket_url), queue=queue, reply_spin=reply_spin
+    )
+    op = _one_operation(freeplay)
+    for n in range(1, 51):
+        assert route.submit(op)
+        assert redis_server.client().llen(queue) == n  # in Redis once submit returned
+    assert (route.published, route.refused) == (50, 0)
+    redis_server.client().delete(queue)
+
+
+@pytest.mark.parametrize("bad", [-1e-6, 0.002, True, "50us"])
+def test_reply_spin_is_checked(app: Celery, bad: Any) -> None:
+    with pytest.raises(ConfigurationError, match="reply_spin"):
+        CeleryRoute(app, reply_spin=bad)
 
 
 def test_a_forked_child_publishes_over_a_connection_of_its_own(

@@ -530,6 +530,30 @@ def _json_default(value: Any) -> Any:
 _encode_compact = json.JSONEncoder(separators=(",", ":"), default=_json_default).encode
 
 
+def _message_json(value: Any) -> Any:
+    """`convert_provider_message_to_dict(value)`, without its work when `value` is plain JSON
+    already: the SDK's conversion of that is an equal copy, at a dozen `hasattr` calls per
+    value (most of a completion's `to_json_text` for the usual list of message dicts)."""
+    return value if _is_plain_json(value) else convert_provider_message_to_dict(value)
+
+
+def _is_plain_json(value: Any) -> bool:
+    """Whether `value` is made of dicts with str keys, lists, str, int, float, bool and None
+    only (exact types: a subclass may convert differently), with no dict the SDK rewrites
+    (a media reference of kind "downloaded_file")."""
+    kind = type(value)
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return True
+    if kind is dict:
+        if value.get("kind") == "downloaded_file":
+            return False
+        for key, item in value.items():
+            if type(key) is not str or not _is_plain_json(item):
+                return False
+        return True
+    return kind is list and all(_is_plain_json(item) for item in value)
+
+
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -567,7 +591,7 @@ def _completion_to_json(payload: RecordPayload) -> dict[str, Any]:
     version = payload.prompt_version_info
     test_run = payload.test_run_info
     return {
-        "all_messages": [convert_provider_message_to_dict(m) for m in payload.all_messages],
+        "all_messages": [_message_json(m) for m in payload.all_messages],
         "session_custom_metadata": payload.session_info.custom_metadata,
         "inputs": None if payload.inputs is None else dict(payload.inputs),
         "prompt_version_info": None
@@ -600,7 +624,7 @@ def _completion_to_json(payload: RecordPayload) -> dict[str, Any]:
         else {name: media_inputs_to_json(m) for name, m in payload.media_inputs.items()},
         "tool_schema": None
         if payload.tool_schema is None
-        else [convert_provider_message_to_dict(t) for t in payload.tool_schema],
+        else [_message_json(t) for t in payload.tool_schema],
         "output_schema": payload.output_schema,
         "response_info": None
         if response is None

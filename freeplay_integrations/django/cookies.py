@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from http.cookies import Morsel, SimpleCookie
+from http.cookies import Morsel
+from time import time
 from typing import TYPE_CHECKING, Any
 
 from django.http.response import HttpResponseBase
@@ -18,24 +19,34 @@ __all__ = ["MorselMaker", "SessionMorsel"]
 
 class SessionMorsel(Morsel[str]):
     """The session cookie in `response.cookies`: a copy of the `Morsel` that
-    `response.set_cookie` made for its attributes, which keeps the text of those attributes.
+    `response.set_cookie` made for its attributes, which keeps its whole text.
 
     Django's handlers write each cookie with `Morsel.output()`, which rebuilds the text
     attribute by attribute: 3 to 6 µs a response, as much as the rest of this middleware.
-    The text is kept until an attribute changes (any change drops it), so a view or a later
-    middleware that edits the cookie still sends its edit; the name and value are read live.
+    The text is kept until the cookie changes (any edit, `set()` included, drops it), so a
+    view or a later middleware that edits the cookie still sends its edit.
     """
 
-    _suffix: str | None = None
+    _text: str | None = None
+
+    def output(self, attrs: Any = None, header: str = "Set-Cookie:") -> str:
+        text = self._text
+        if text is None or attrs is not None:
+            return super().output(attrs, header)
+        return f"{header} {text}"
 
     def OutputString(self, attrs: Any = None) -> str:
-        suffix = self._suffix
-        if suffix is None or attrs is not None:
+        text = self._text
+        if text is None or attrs is not None:
             return super().OutputString(attrs)
-        return f"{self.key}={self.coded_value}{suffix}"
+        return text
 
     def _changed(self) -> None:
-        self._suffix = None
+        self._text = None
+
+    def set(self, key: str, val: str, coded_val: str) -> None:
+        self._changed()
+        super().set(key, val, coded_val)
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._changed()
@@ -70,9 +81,6 @@ class SessionMorsel(Morsel[str]):
         return super().__ior__(other)
 
 
-_encode = SimpleCookie().value_encode
-
-
 class MorselMaker:
     """`maker(cookie)`: the `Morsel` `response.set_cookie(...)` makes for the core's `cookie`,
     at a fraction of its cost; one per configuration (`DjangoConfig.morsel`).
@@ -85,36 +93,43 @@ class MorselMaker:
     __slots__ = ("_made",)
 
     def __init__(self) -> None:
-        #: Per attribute set: the `Expires` it was made with, the Morsel, its attribute text.
-        self._made: dict[CookieAttributes, tuple[str, Morsel[str], str]] = {}
+        #: Per attribute set: the second it was made in, the Morsel's items, its attribute text.
+        self._made: dict[CookieAttributes, tuple[int, dict[str, Any], str]] = {}
 
     def __call__(self, cookie: SessionCookie) -> SessionMorsel:
         a = cookie.attributes
-        expires = a.expires
+        now = int(time())
         made = self._made.get(a)
-        if made is None or made[0] != expires:
-            scratch = HttpResponseBase()
-            scratch.set_cookie(
-                cookie.name,
-                max_age=a.max_age,
-                expires=expires,
-                path=a.path,
-                domain=a.domain,
-                secure=a.secure,
-                httponly=a.httponly,
-                samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
-            )
-            template = scratch.cookies[cookie.name]
-            pair = f"{template.key}={template.coded_value}"
-            made = self._made[a] = (expires, template, template.OutputString()[len(pair) :])
+        if made is None or made[0] != now:
+            made = self._made[a] = _template(cookie.name, a, now)
         morsel = SessionMorsel.__new__(SessionMorsel)
         dict.update(morsel, made[1])
         value = cookie.value
-        # A token is cookie-safe as it stands (UUID, base 36, base64url): only "" is quoted.
-        # Set as `Morsel.__setstate__` (pickle) sets them, without building its state dict
-        # and calling it (a third of this call); `Morsel.set` would check the name again.
+        # A token is cookie-safe as it stands (UUID, base 36, base64url): only "" is quoted,
+        # as `SimpleCookie.value_encode` quotes it. Set as `Morsel.__setstate__` (pickle)
+        # sets them, without building its state dict; `Morsel.set` would check the name again.
+        coded = value or '""'
         morsel._key = cookie.name  # type: ignore[attr-defined]
         morsel._value = value  # type: ignore[attr-defined]
-        morsel._coded_value = value or _encode(value)[1]  # type: ignore[attr-defined]
-        morsel._suffix = made[2]
+        morsel._coded_value = coded  # type: ignore[attr-defined]
+        morsel._text = f"{cookie.name}={coded}{made[2]}"
         return morsel
+
+
+def _template(name: str, a: CookieAttributes, now: int) -> tuple[int, dict[str, Any], str]:
+    """The items of the Morsel `response.set_cookie` makes for `a` in second `now` (a plain
+    dict: copied faster), and its attribute text."""
+    scratch = HttpResponseBase()
+    scratch.set_cookie(
+        name,
+        max_age=a.max_age,
+        expires=a.expires,
+        path=a.path,
+        domain=a.domain,
+        secure=a.secure,
+        httponly=a.httponly,
+        samesite=a.samesite,  # type: ignore[arg-type]  # "Lax" | "Strict" | "None"
+    )
+    template = scratch.cookies[name]
+    pair = f"{template.key}={template.coded_value}"
+    return now, dict(template), template.OutputString()[len(pair) :]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from itertools import chain
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.core.handlers.exception import response_for_exception
@@ -72,7 +72,8 @@ class FreeplaySessionMiddleware:
     async_capable = True
 
     def __init__(self, get_response: GetResponse | AsyncGetResponse) -> None:
-        self.get_response = get_response
+        # Typed loosely, not `cast` per call (a call each request): `async_mode` says which.
+        self.get_response: Callable[[HttpRequest], Any] = get_response
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -89,12 +90,12 @@ class FreeplaySessionMiddleware:
         config = get_config()
         binding = _resolve(config, request)
         if binding is None:
-            return cast("GetResponse", self.get_response)(request)
+            return self.get_response(request)
         if isinstance(binding, Rejection):
             return _reject(binding)
         token = bind(binding)
         try:
-            response = cast("GetResponse", self.get_response)(request)
+            response = self.get_response(request)
             if isinstance(response, StreamingHttpResponse) and not isinstance(
                 response, FileResponse
             ):
@@ -110,13 +111,15 @@ class FreeplaySessionMiddleware:
             binding = await sync_to_async(_resolve, thread_sensitive=True)(config, request)
         else:
             binding = _resolve(config, request)
+        response: HttpResponseBase
         if binding is None:
-            return await cast("AsyncGetResponse", self.get_response)(request)
+            response = await self.get_response(request)
+            return response
         if isinstance(binding, Rejection):
             return _reject(binding)
         token = bind(binding)
         try:
-            response = await cast("AsyncGetResponse", self.get_response)(request)
+            response = await self.get_response(request)
             if isinstance(response, StreamingHttpResponse) and not isinstance(
                 response, FileResponse
             ):
@@ -169,14 +172,16 @@ def _add_session(
     resolver = config.resolver
     value = resolver.echo(binding)
     if value is not None:
-        response[resolver.header_name] = value  # type: ignore[index]
-        exposed = resolver.expose(response.get(EXPOSE_HEADERS))
+        headers = response.headers
+        headers[resolver.header_name] = value  # type: ignore[index]  # set with echo_header
+        exposed = resolver.expose(headers.get(EXPOSE_HEADERS))
         if exposed is not None:
-            response[EXPOSE_HEADERS] = exposed
+            headers[EXPOSE_HEADERS] = exposed
     if resolver.set_cookie:
         secure = config.settings.cookie_secure
         if secure is None:
-            secure = request.is_secure()  # honours SECURE_PROXY_SSL_HEADER
+            # `is_secure()`, one call less; honours SECURE_PROXY_SSL_HEADER.
+            secure = request.scheme == "https"
         cookie = resolver.cookie(binding, secure)
         assert cookie is not None
         response.cookies[cookie.name] = config.morsel(cookie)

@@ -1,4 +1,4 @@
-"""ASGI types, and the lifespan-shutdown flush of the ASGI middleware.
+"""ASGI types, and the lifespan-shutdown flush of the ASGI middleware and Django's ASGI app.
 
 Framework-free: only the ASGI protocol's shapes, and the flush run at lifespan shutdown.
 """
@@ -20,11 +20,12 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-async def flush_at_shutdown() -> None:
-    """Wait, in a worker thread, at most the one shutdown timeout (`shutdown_timeout`) for
-    background recordings to be delivered or spooled: through anyio when present (asyncio
-    or trio), else asyncio's default executor."""
-    timeout = shutdown_timeout()
+async def flush_at_shutdown(timeout: float | None = None) -> None:
+    """Wait, in a worker thread, at most `timeout` seconds (default: the one shutdown timeout,
+    `configure_recording(shutdown_timeout=)`) for background recordings to be delivered or
+    spooled: through anyio when present (asyncio or trio), else asyncio's default executor."""
+    if timeout is None:
+        timeout = shutdown_timeout()
     try:
         import anyio.to_thread
     except ImportError:

@@ -46,6 +46,20 @@ async def test_lifespan_shutdown_waits_for_queued_recordings(
 
 
 @pytest.mark.anyio
+async def test_lifespan_shutdown_waits_no_longer_than_its_timeout(
+    freeplay_local: LocalFreeplay,
+) -> None:
+    app = get_asgi_application(shutdown_timeout=0.5)
+    freeplay_local.faults.hang(5.0)  # Freeplay does not answer before the timeout
+    with session_scope(freeplay_local.client(), project_id=freeplay_local.project_id):
+        record(all_messages=[{"role": "assistant", "content": "bye"}])
+    started = time.monotonic()
+    sent = await run_lifespan(app)
+    assert [kind for kind, _ in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert 0.4 <= sent[1][1] - started < 3.0  # waited its timeout, then gave up (spooled)
+
+
+@pytest.mark.anyio
 async def test_http_requests_go_to_django() -> None:
     app = get_asgi_application()
     messages: list[dict[str, Any]] = []

@@ -15,12 +15,9 @@ It answers lifespan startup at once, and at shutdown waits (in a worker thread, 
 
 from __future__ import annotations
 
-from asgiref.sync import sync_to_async
 from django.core.asgi import get_asgi_application as get_django_asgi_application
 
-from .._asgi import ASGIApp, Receive, Scope, Send
-from .._recording import flush
-from .._recording import shutdown_timeout as recorder_shutdown_timeout
+from .._asgi import ASGIApp, Receive, Scope, Send, flush_at_shutdown
 
 __all__ = ["get_asgi_application", "with_recording_lifespan"]
 
@@ -40,10 +37,7 @@ def with_recording_lifespan(app: ASGIApp, *, shutdown_timeout: float | None = No
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                timeout = (
-                    recorder_shutdown_timeout() if shutdown_timeout is None else shutdown_timeout
-                )
-                await sync_to_async(flush, thread_sensitive=False)(timeout)
+                await flush_at_shutdown(shutdown_timeout)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

@@ -35,6 +35,7 @@ bytes in use and held free): it must stay flat.
 
     .venv/bin/python bench/delivery.py [--recordings 1500] [--sessions 150] [--threads 100]
         [--latency 0.1] [--one-session 500] [--rounds 3] [--app-rate 300] [--memory 100000]
+        [--tracemalloc]
     .venv/bin/python bench/delivery.py --outage 120 [--outage-rate 50] [--queue-size N]
 """
 
@@ -52,6 +53,7 @@ import sys
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -274,14 +276,16 @@ def rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def heap_sample() -> tuple[float, int, float, float]:
-    """RSS (MiB), live Python objects tracked by the GC, and glibc malloc's bytes in use and
-    free inside its heaps (MiB; -1 where `mallinfo2` is not available).
+def heap_sample() -> tuple[float, int, float, float, float]:
+    """RSS (MiB), live Python objects tracked by the GC, glibc malloc's bytes in use and
+    free inside its heaps (MiB; -1 where `mallinfo2` is not available), and what Python
+    allocated and still holds (MiB, with `--tracemalloc`; else -1).
 
     Telling these apart says what grows: live objects (a leak) or memory the allocator
-    holds free (fragmentation).
+    holds (fragmentation, per-thread caches).
     """
     gc.collect()
+    traced = tracemalloc.get_traced_memory()[0] / 2**20 if tracemalloc.is_tracing() else -1.0
     in_use = free = -1.0
     try:
         import ctypes
@@ -301,10 +305,10 @@ def heap_sample() -> tuple[float, int, float, float]:
         in_use, free = info.uordblks / 2**20, info.fordblks / 2**20
     except (OSError, AttributeError):
         pass
-    return rss_mib(), len(gc.get_objects()), in_use, free
+    return rss_mib(), len(gc.get_objects()), in_use, free, traced
 
 
-def memory(client: Freeplay, recordings: int) -> list[tuple[float, int, float, float]]:
+def memory(client: Freeplay, recordings: int) -> list[tuple[float, int, float, float, float]]:
     samples = [heap_sample()]
     step = max(1, recordings // 10)
     with session_scope(client, project_id=PROJECT):
@@ -497,6 +501,11 @@ def main() -> None:
         help="recordings/s of the paced shape (0: skip it)",
     )
     parser.add_argument("--memory", type=int, default=0)
+    parser.add_argument(
+        "--tracemalloc",
+        action="store_true",
+        help="with --memory: trace Python's allocations too (slower), and show what grew",
+    )
     parser.add_argument("--outage", type=float, default=0, help="seconds Freeplay is down")
     parser.add_argument("--outage-rate", type=float, default=50, help="recordings/s meanwhile")
     parser.add_argument("--queue-size", type=int, default=None, help="recorder queue_size")
@@ -571,12 +580,16 @@ def main() -> None:
         print(f"  spooled: {stats.spooled}  failed: {stats.failed}  lost: {stats.lost}")
         if args.memory:
             set_latency(process, 0.0)
+            if args.tracemalloc:
+                tracemalloc.start(1)
             samples = memory(client, args.memory)
             print(f"  memory over {args.memory} recordings, every 10% (then after the flush):")
             print("    RSS MiB:           " + " ".join(f"{s[0]:.1f}" for s in samples))
             print("    GC-tracked objects: " + " ".join(f"{s[1]}" for s in samples))
             print("    malloc in use MiB: " + " ".join(f"{s[2]:.1f}" for s in samples))
             print("    malloc free MiB:   " + " ".join(f"{s[3]:.1f}" for s in samples))
+            if args.tracemalloc:
+                print("    Python-held MiB:   " + " ".join(f"{s[4]:.2f}" for s in samples))
             print(f"  spooled: {recorder_stats(client).spooled}")
 
 

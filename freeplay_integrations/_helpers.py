@@ -36,7 +36,7 @@ from ._context import (
     unbind_trace,
 )
 from ._errors import ConfigurationError, NoActiveSessionError
-from ._ids import new_session_id, new_uuid4
+from ._ids import new_session_id
 from ._recording import (
     Completion,
     CompletionFeedback,
@@ -154,8 +154,8 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
             "record() takes the session from the request (or session_scope); do not pass "
             "session_info. To build the payload yourself, use attach_session(payload)."
         )
-    unknown = fields.keys() - RECORD_FIELDS
-    if unknown:
+    if not fields.keys() <= RECORD_FIELDS:
+        unknown = fields.keys() - RECORD_FIELDS
         raise TypeError(
             f"record() got unexpected field(s) {', '.join(sorted(unknown))}; it takes the "
             f"fields of freeplay.RecordPayload: {', '.join(sorted(RECORD_FIELDS))}."
@@ -174,8 +174,10 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
     if fields.get("parent_id") is None and trace is not None:
         fields["parent_id"] = UUID(trace.trace_id)
     if fields.get("completion_id") is None:
-        fields["completion_id"] = new_uuid4()
-    completion_id = str(fields["completion_id"])
+        completion_id = new_session_id()  # a random UUID v4 (the text: no str(UUID) needed)
+        fields["completion_id"] = UUID(completion_id)
+    else:
+        completion_id = str(fields["completion_id"])
     payload = RecordPayload(
         session_info=binding.session.session_info, **cast("dict[str, Any]", fields)
     )

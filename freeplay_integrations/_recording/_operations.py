@@ -228,25 +228,36 @@ def _estimate(value: Any, depth: int = 0) -> int:
     """A cheap size estimate: string lengths, plus a little per container.
 
     It runs on the request path (for the queue's byte budget), so it checks exact types
-    first (`type(x) is dict` is much cheaper than `isinstance(x, Mapping)`) and loops
-    without generators; other mappings and sequences take the general branch.
+    first (`type(x) is dict` is much cheaper than `isinstance(x, Mapping)`), loops without
+    generators, and counts a dict inside a list (a message) in the list's loop rather than
+    in a call of its own; other mappings and sequences take the general branch.
     """
     kind = type(value)
     if kind is str:
         return len(value)
     if depth > 4:
         return 64
-    if kind is dict or (kind is not list and isinstance(value, Mapping)):
+    if kind is list or kind is tuple:
+        size = 16
+        for item in value:
+            kind = type(item)
+            if kind is str:
+                size += len(item)
+            elif kind is dict and depth < 4:
+                size += 16
+                for key, field in item.items():
+                    size += (len(key) if type(key) is str else 16) + (
+                        len(field) if type(field) is str else _estimate(field, depth + 2)
+                    )
+            else:
+                size += _estimate(item, depth + 1)
+        return size
+    if kind is dict or isinstance(value, Mapping):
         size = 16
         for key, item in value.items():
             size += (len(key) if type(key) is str else 16) + (
                 len(item) if type(item) is str else _estimate(item, depth + 1)
             )
-        return size
-    if kind is list or kind is tuple:
-        size = 16
-        for item in value:
-            size += len(item) if type(item) is str else _estimate(item, depth + 1)
         return size
     return 16
 
@@ -298,7 +309,9 @@ class Completion(Operation):
 
     def estimate_size(self) -> int:
         payload = self.payload
-        return 512 + _estimate(payload.all_messages) + _estimate(payload.inputs)
+        inputs = payload.inputs
+        size = 512 + _estimate(payload.all_messages)
+        return size if inputs is None else size + _estimate(inputs)
 
 
 class Trace(Operation):

@@ -51,8 +51,10 @@ def parse_session_id(value: str) -> str | None:
     return value if _match_uuid4(value) is not None else None
 
 
-#: How many IDs one `os.urandom` read makes (a 4 KiB read).
-IDS_PER_READ = 256
+#: How many IDs one `os.urandom` read makes (a 2 KiB read). The refill runs on the caller's
+#: path, once per this many IDs: 128 keeps it near 30 µs (256 took 46 µs, 140 µs on a loaded
+#: machine, a visible part of `record()`'s p99) for 0.22 µs an ID (0.18 with 256).
+IDS_PER_READ = 128
 _pool: deque[str] = deque()
 _fork_safe = False
 #: Where each character of a canonical UUID v4 comes from: a hex digit of 16 random bytes

@@ -345,13 +345,13 @@ class Recorder:
             and self._bytes + size <= config.queue_bytes
             and not isinstance(op, DeleteSession)
         ):
-            waiting = bool(intake)
             intake.append(op)
             # A sending thread registers as a sleeper before it looks at the intake, and
-            # this looks for sleepers after the append: one of the two sees the other.
-            # Only the append to an empty intake wakes one: the thread that admits the
+            # this looks for sleepers after the append: one of the two sees the other. Only
+            # an append that left the intake with one operation wakes one (counted after the
+            # append: an intake emptied meanwhile is seen); the thread that admits the
             # intake admits all of it, and wakes another while more is ready.
-            if not waiting and self._sleepers:
+            if len(intake) == 1 and self._sleepers:
                 self._wake_sleeper()
             return
         self._submit_locked(op, size)

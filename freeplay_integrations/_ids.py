@@ -11,7 +11,6 @@ import re
 import time
 from collections import deque
 from collections.abc import Sequence
-from uuid import UUID, SafeUUID
 
 __all__ = [
     "IDS_PER_READ",
@@ -19,7 +18,6 @@ __all__ = [
     "SIGNING_PURPOSE",
     "Signer",
     "new_session_id",
-    "new_uuid4",
     "parse_session_id",
 ]
 
@@ -80,18 +78,6 @@ def new_session_id() -> str:
         return _pool.popleft()
     except IndexError:
         return _refill()
-
-
-def new_uuid4() -> UUID:
-    """`new_session_id()` as a `uuid.UUID` (what `uuid.uuid4()` returns), from the same pool.
-
-    `uuid.uuid4()` calls `os.urandom(16)` each time, and `os.urandom` releases the GIL: on a
-    busy process a request thread recording a completion then waits to get it back.
-    """
-    uuid = object.__new__(UUID)  # what UUID(hex) makes, without parsing and checking again
-    object.__setattr__(uuid, "int", int(new_session_id().replace("-", ""), 16))
-    object.__setattr__(uuid, "is_safe", SafeUUID.unknown)
-    return uuid
 
 
 def _refill() -> str:

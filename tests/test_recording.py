@@ -721,27 +721,6 @@ def test_trace_ops_follow_their_trace(server: LocalFreeplay) -> None:
     assert DeleteSession("p", "s").follows is None
 
 
-def test_new_uuid4_is_a_random_uuid_never_shared_with_a_forked_child() -> None:
-    from freeplay_integrations._ids import new_uuid4
-
-    ids = [new_uuid4() for _ in range(600)]  # more than one 4 KiB refill
-    assert len(set(ids)) == 600
-    for value in ids:
-        assert uuid.UUID(str(value)) == value
-        assert value.version == 4 and value.variant == uuid.RFC_4122
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.write(write, " ".join(str(new_uuid4()) for _ in range(20)).encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    with os.fdopen(read) as pipe:
-        child = set(pipe.read().split())
-    parent = {str(new_uuid4()) for _ in range(20)}
-    assert len(child) == 20 and not child & parent
-
-
 def test_record_does_not_wait_for_the_recorder_lock(
     client: Freeplay, server: LocalFreeplay
 ) -> None:

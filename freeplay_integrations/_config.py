@@ -110,21 +110,28 @@ def keyword_option(name: str) -> str:
     return f"`{name}=`"
 
 
-def deprecated_shutdown_constant(module: str) -> float:
-    """What the old `<module>.SHUTDOWN_FLUSH_TIMEOUT` (10 s, a figure no shutdown used) now
-    reads, with a DeprecationWarning: the one shutdown timeout every route waits."""
-    import warnings
+def deprecated_shutdown_constant(module: str) -> Callable[[str], Any]:
+    """The module `__getattr__` of `module`, which still answers the old
+    `SHUTDOWN_FLUSH_TIMEOUT` (10 s, a figure no shutdown used), with a DeprecationWarning,
+    by the one shutdown timeout every route waits."""
 
-    from ._recording import shutdown_timeout
+    def __getattr__(name: str) -> Any:
+        if name != "SHUTDOWN_FLUSH_TIMEOUT":
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import warnings
 
-    warnings.warn(
-        f"{module}.SHUTDOWN_FLUSH_TIMEOUT is deprecated: every shutdown route (atexit, ASGI "
-        "lifespan, Django's ASGI app, Celery worker shutdown) waits the one timeout set by "
-        "configure_recording(shutdown_timeout=), default 5 s; this reads that value",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return shutdown_timeout()
+        from ._recording import shutdown_timeout
+
+        warnings.warn(
+            f"{module}.SHUTDOWN_FLUSH_TIMEOUT is deprecated: every shutdown route (atexit, "
+            "ASGI lifespan, Django's ASGI app, Celery worker shutdown) waits the one timeout "
+            "set by configure_recording(shutdown_timeout=), default 5 s; this reads that value",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return shutdown_timeout()
+
+    return __getattr__
 
 
 class OptionError(ConfigurationError):

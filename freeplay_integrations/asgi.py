@@ -297,7 +297,4 @@ def _take_app(args: tuple[Any, ...], options: dict[str, Any]) -> ASGIApp:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SHUTDOWN_FLUSH_TIMEOUT":
-        return deprecated_shutdown_constant(__name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_shutdown_constant(__name__)

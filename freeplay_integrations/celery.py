@@ -323,7 +323,4 @@ def _on_worker_shutdown(**_: Any) -> None:
     flush(shutdown_timeout())
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SHUTDOWN_FLUSH_TIMEOUT":
-        return deprecated_shutdown_constant(__name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_shutdown_constant(__name__)

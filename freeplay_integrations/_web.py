@@ -331,7 +331,9 @@ class SessionResolver:
                         None,
                     )
             elif not header_value and not cookie_header and not baggage_header:
-                return self._bind(None, None)
+                return SessionBinding(  # a new session: `_bind(None, None)`, inlined
+                    None, self._client, self._project_id, self._recording, self._signer
+                )
         settings = self.settings
         session_id: str | None = None
         for source in self._sources:

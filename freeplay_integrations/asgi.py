@@ -193,21 +193,25 @@ class FreeplaySessionMiddleware:
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
         """`message` (a response start or websocket accept) with the session headers added
         to a copy of its headers (the app's list may be reused across requests)."""
-        headers = message["headers"] = list(message.get("headers") or ())
+        headers = message.get("headers") or ()
         if binding.ended:  # end_session(): no header, and the cookie's expiry
+            headers = message["headers"] = list(headers)
             if self._set_cookie:
                 cookie = self.resolver.cookie_header(binding, secure)
                 headers.append((_SET_COOKIE, cookie.encode("latin-1")))
             return message
         token = binding.token
-        key = self._echo_key
-        if key is not None:
+        added = self._headers_cache[secure].get(token)  # a known token's: built once
+        if added is None:
+            added = self._session_headers(token, secure)
+        if self._echo_key is not None:
             for name, _ in headers:
                 if name == _EXPOSE:  # merge with the app's own (CORS) list (rare: no index kept)
+                    headers = message["headers"] = list(headers)
                     self._merge_expose(headers)
-                    headers += self._session_headers(token, secure)[1:]  # all but the expose
+                    headers += added[1:]  # all but the expose
                     return message
-        headers += self._session_headers(token, secure)
+        message["headers"] = [*headers, *added]
         return message
 
     def _merge_expose(self, headers: list[tuple[bytes, bytes]]) -> None:
@@ -222,22 +226,21 @@ class FreeplaySessionMiddleware:
         """The headers a response with no `Access-Control-Expose-Headers` of its own gets
         for `token`, that header first when the ID is echoed. A token a client sent (one the
         resolver knows) has them built once, in a cache bounded like the resolver's
-        (`KNOWN_VALUES`, then forgotten all at once)."""
-        cache = self._headers_cache[secure]
-        added = cache.get(token)
-        if added is None:
-            raw = token.encode("latin-1")
-            key = self._echo_key
-            if self._set_cookie:
-                prefix, suffix = self._cookie_fragments[secure]
-                cookie = (_SET_COOKIE, prefix + raw + suffix)
-                added = (cookie,) if key is None else (self._expose_header, (key, raw), cookie)
-            else:
-                added = () if key is None else (self._expose_header, (key, raw))
-            if token in self._known:  # a token a client sends back, not a new session's
-                if len(cache) >= KNOWN_VALUES:
-                    cache.clear()
-                cache[token] = added
+        (`KNOWN_VALUES`, then forgotten all at once) that `_with_session` reads first."""
+        raw = token.encode("latin-1")
+        key = self._echo_key
+        added: tuple[tuple[bytes, bytes], ...]
+        if self._set_cookie:
+            prefix, suffix = self._cookie_fragments[secure]
+            cookie = (_SET_COOKIE, prefix + raw + suffix)
+            added = (cookie,) if key is None else (self._expose_header, (key, raw), cookie)
+        else:
+            added = () if key is None else (self._expose_header, (key, raw))
+        if token in self._known:  # a token a client sends back, not a new session's
+            cache = self._headers_cache[secure]
+            if len(cache) >= KNOWN_VALUES:
+                cache.clear()
+            cache[token] = added
         return added
 
     async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from freeplay_integrations._ids import IDS_PER_READ, new_session_id, parse_session_id
+from freeplay_integrations._ids import IDS_PER_READ, new_session_id, parse_session_id, top_up
 
 
 def test_ids_are_canonical_uuid4s_and_never_repeat() -> None:
@@ -68,3 +68,31 @@ def test_a_forked_child_does_not_hand_out_the_parents_pooled_ids() -> None:
     os.waitpid(pid, 0)
     parent = [new_session_id() for _ in range(IDS_PER_READ)]
     assert len(child) == 3 and not set(child) & set(parent), (child, sys.platform)
+
+
+
+def test_the_pool_is_refilled_from_a_source_that_keeps_the_gil() -> None:
+    """`os.urandom` is a system call that releases the GIL; on the request path, taking it
+    back behind busy threads cost the refilling `record()` calls milliseconds
+    (bench/delivery.py). Whether a call releases the GIL is not observable reliably from
+    Python, so this checks the source: OpenSSL's CSPRNG, which holds it."""
+    import ssl
+
+    from freeplay_integrations import _ids
+
+    assert _ids._random_bytes is ssl.RAND_bytes
+    assert len(_ids._random_bytes(32)) == 32
+
+
+def test_top_up_refills_a_low_pool_ahead_of_need() -> None:
+    from freeplay_integrations import _ids
+
+    _ids._pool.clear()
+    top_up()
+    pooled = list(_ids._pool)
+    assert len(pooled) == IDS_PER_READ and len(set(pooled)) == IDS_PER_READ
+    assert all(parse_session_id(i) == i for i in pooled)
+    top_up()  # full enough: nothing added
+    assert list(_ids._pool) == pooled
+    drawn = [new_session_id() for _ in range(IDS_PER_READ)]
+    assert drawn == pooled  # what was topped up is what the request path gets

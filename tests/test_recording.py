@@ -210,6 +210,22 @@ def test_background_delivers_every_kind_in_the_order_the_api_needs(
     assert stats.sent == 6 and stats.spooled == stats.failed == 0
 
 
+def test_the_sending_threads_keep_the_id_pool_topped_up(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    """The refill of the session/completion ID pool is off the request path under load:
+    a sending thread tops the pool up before each attempt."""
+    from freeplay_integrations import _ids
+
+    with session_scope(client, project_id=server.project_id):
+        _ids._pool.clear()
+        # A completion ID given: the request path draws no ID, so only a sending thread
+        # can have refilled the pool.
+        record(all_messages=chat("hi"), completion_id=uuid.uuid4())
+        assert recorder_for(client).flush(10)
+    assert len(_ids._pool) >= _ids.IDS_PER_READ
+
+
 def test_a_delete_cancels_what_is_queued_and_goes_after_what_is_in_flight(
     client: Freeplay, server: LocalFreeplay
 ) -> None:

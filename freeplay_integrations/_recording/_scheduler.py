@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._errors import ConfigurationError
+from .._ids import top_up as top_up_ids
 from . import _spool
 from ._operations import DeleteSession, Operation, session_ref
 from ._spool import Outcome
@@ -562,6 +563,7 @@ class Recorder:
                         return
                 if self._to_start:
                     self._start_threads()
+                top_up_ids()  # so that the request path seldom refills the ID pool
                 try:
                     self._attempt(op)
                 except BaseException:  # pragma: no cover - _attempt handles every failure

@@ -21,7 +21,7 @@ request context is pushed and stays bound for `before_request` / `after_request`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -32,10 +32,13 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "Install it with: pip install 'freeplay-integrations[flask]'"
     ) from exc
 
+from werkzeug.wrappers import Response as _WerkzeugResponse
+from werkzeug.wsgi import ClosingIterator
+
 from ._config import OPTION_NAMES, OPTIONS, Settings, keyword_option, unknown_options
 from ._context import current_session as _current_session
 from ._context import require_session
-from .wsgi import FreeplaySessionMiddleware
+from .wsgi import MADE, FreeplaySessionMiddleware
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication, WSGIEnvironment
@@ -154,11 +157,49 @@ class _FlaskMiddleware(FreeplaySessionMiddleware):
             return bool(app.testing or app.debug)
         return bool(propagate)
 
+    def _is_made(self, app_iter: Iterable[bytes]) -> bool:
+        if type(app_iter) is ClosingIterator:
+            return _sends_no_app_code(app_iter)
+        return type(app_iter) in MADE
+
     def _request(self, environ: WSGIEnvironment) -> Any:
         # For `session_metadata` and `authorize_session`: a shallow request, whose headers,
         # cookies, args and path are readable but whose body is not, so the view still gets
         # it whole (reading it there raises: no metadata, or the session is refused).
         return self.flask_app.request_class(environ, shallow=True)
+
+
+#: Response classes whose `get_app_iter`, `iter_encoded` and `close` are Werkzeug's own.
+_plain_responses: set[type] = set()
+_WERKZEUG_METHODS = ("get_app_iter", "iter_encoded", "close")
+
+
+def _sends_no_app_code(app_iter: ClosingIterator) -> bool:
+    """Whether sending a Werkzeug response's iterable runs none of the app's code.
+
+    What Flask returns for a body it already holds (a view's string, `jsonify`, ...) is a
+    `ClosingIterator` over `Response.iter_encoded()`, closed by `Response.close`: sending
+    it runs code only for a streamed body or a `call_on_close` callback. Anything else,
+    or a Werkzeug whose internals differ (`_callbacks`, `_on_close`), is treated as code
+    and each step is run with the session bound, as for any WSGI app.
+    """
+    callbacks = getattr(app_iter, "_callbacks", None)
+    if type(callbacks) is not list or len(callbacks) != 2:
+        return False
+    response = getattr(callbacks[1], "__self__", None)
+    kind = type(response)
+    if kind not in _plain_responses:
+        if not isinstance(response, _WerkzeugResponse) or any(
+            getattr(kind, name) is not getattr(_WerkzeugResponse, name)
+            for name in _WERKZEUG_METHODS
+        ):
+            return False
+        _plain_responses.add(kind)
+    return (
+        callbacks[1].__func__ is _WerkzeugResponse.close
+        and type(response.response) in MADE  # type: ignore[union-attr]
+        and not getattr(response, "_on_close", True)
+    )
 
 
 class _SessionProxy:

@@ -58,7 +58,7 @@ _SERVER_ERROR_HEADERS = (
 )
 
 #: Response iterables that are the whole body already (no code runs while they are sent).
-_MADE = (list, tuple)
+MADE = (list, tuple)
 _END: Any = object()
 
 Headers = list[tuple[str, str]]
@@ -98,6 +98,11 @@ class FreeplaySessionMiddleware:
         """Whether an exception escaping the app is re-raised rather than answered 500."""
         return self.propagate_exceptions
 
+    def _is_made(self, app_iter: Iterable[bytes]) -> bool:
+        """Whether sending `app_iter` runs no code of the app's: the headers can go at once,
+        and the server gets `app_iter` itself (no step of it needs the session bound)."""
+        return type(app_iter) in MADE
+
     def _request(self, environ: WSGIEnvironment) -> Any:
         """The request `session_metadata` and `authorize_session` get: the WSGI environ."""
         return environ
@@ -129,7 +134,7 @@ class FreeplaySessionMiddleware:
                 if response.started or self._propagate():
                     raise
                 return response.server_error(sys.exc_info())
-            if type(app_iter) in _MADE and response.status is not None:
+            if response.status is not None and self._is_made(app_iter):
                 # A body already made runs no code while it is sent: the headers go now.
                 if not response.started:
                     response._start()

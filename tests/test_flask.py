@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import uuid
@@ -266,3 +267,75 @@ def test_the_old_name_of_the_proxy_still_works_with_a_deprecation_warning() -> N
         old = flask_module.current_session
     assert old is flask_module.freeplay_session
     assert old() is None  # outside a request: the core's answer
+
+
+def _served(app: Flask, path: str) -> tuple[Any, list[tuple[str, str]], bytes]:
+    """What a WSGI server gets from `app` for GET `path`: the iterable itself, the headers,
+    and the body once iterated and closed (as a server does)."""
+    started: list[list[tuple[str, str]]] = []
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "SERVER_NAME": "test",
+        "SERVER_PORT": "80",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+    }
+    iterable = app.wsgi_app(environ, lambda status, headers, exc_info=None: started.append(headers))
+    try:
+        body = b"".join(iterable)
+    finally:
+        iterable.close()
+    return iterable, started[0], body
+
+
+def test_a_made_body_is_handed_to_the_server_as_flask_made_it(
+    freeplay_local: LocalFreeplay,
+) -> None:
+    """A body Flask already holds (a view's string) runs no code while it is sent: the
+    headers go at once and the server gets Werkzeug's own iterable, with no binding per
+    step. A `call_on_close` callback, a streamed body or a Response subclass that sends
+    differently each keep the bound steps: their code sees the session."""
+    from flask import Response, stream_with_context
+    from werkzeug.wsgi import ClosingIterator
+
+    app = create_app(**local_config(freeplay_local))
+    FreeplaySessions(app)
+    seen: list[str | None] = []
+
+    def note() -> None:
+        session = current_session()
+        seen.append(None if session is None else session.session_id)
+
+    class Shouting(Response):
+        def iter_encoded(self) -> Any:
+            note()
+            return super().iter_encoded()
+
+    @app.get("/closing")
+    def closing() -> Response:
+        response = Response(flask_current_session.session_id)
+        response.call_on_close(note)
+        return response
+
+    @app.get("/streamed")
+    def streamed() -> Response:
+        def body() -> Any:
+            note()
+            yield flask_current_session.session_id
+
+        return Response(stream_with_context(body()))
+
+    @app.get("/subclass")
+    def subclass() -> Response:
+        return Shouting(flask_current_session.session_id)
+
+    iterable, headers, body = _served(app, "/")
+    assert type(iterable) is ClosingIterator
+    assert dict(headers)[HEADER] == body.decode()
+    for path in ("/closing", "/streamed", "/subclass"):
+        seen.clear()
+        iterable, headers, body = _served(app, path)
+        assert type(iterable) is not ClosingIterator, path
+        assert seen == [body.decode()] == [dict(headers)[HEADER]], path

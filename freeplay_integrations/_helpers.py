@@ -171,17 +171,22 @@ def record(**fields: Unpack[RecordFields]) -> RecordResponse:
     fields["all_messages"] = list(messages)
     check_record_fields(fields)
     trace = _trace(binding)
-    if fields.get("parent_id") is None and trace is not None:
-        fields["parent_id"] = UUID(trace.trace_id)
-    if fields.get("completion_id") is None:
-        completion_id = new_session_id()  # a random UUID v4 (the text: no str(UUID) needed)
-        fields["completion_id"] = UUID(completion_id)
+    given_parent = fields.get("parent_id")
+    if given_parent is not None:
+        parent_id: str | None = str(UUID(str(given_parent)))  # a bad one raises here
     else:
-        completion_id = str(fields["completion_id"])
-    payload = RecordPayload(
-        session_info=binding.session.session_info, **cast("dict[str, Any]", fields)
-    )
-    op = Completion(project_id, binding.session_id, payload, completion_id=completion_id)
+        parent_id = None if trace is None else trace.trace_id
+    given_completion = fields.get("completion_id")
+    if given_completion is None:
+        completion_id = new_session_id()  # a random UUID v4, as text
+    else:
+        completion_id = str(UUID(str(given_completion)))
+    # The operation builds its RecordPayload (and the UUIDs) when it is sent, off this path.
+    data = cast("dict[str, Any]", fields)
+    data["session_info"] = binding.session.session_info
+    data["completion_id"] = completion_id
+    data["parent_id"] = parent_id
+    op = Completion.of_fields(project_id, binding.session_id, data, completion_id)
     answered = _send(binding, op)
     if answered:
         completion_id = answered

@@ -46,6 +46,7 @@ from freeplay_integrations._recording import (
     recorder_for,
     session_ref,
 )
+from freeplay_integrations._recording._operations import Completion
 from freeplay_integrations._recording._spool import append_lines, drain, spool_line
 from freeplay_integrations.local import LocalFreeplay
 
@@ -208,6 +209,40 @@ def test_background_delivers_every_kind_in_the_order_the_api_needs(
     assert stored["custom_metadata"] == {"resolved": True}
     stats = recorder_stats(client)
     assert stats.sent == 6 and stats.spooled == stats.failed == 0
+
+
+def test_record_leaves_the_payload_to_the_sending_thread(server: LocalFreeplay) -> None:
+    """`record()` hands over its fields; the `RecordPayload` (and its UUIDs) is built when
+    the operation is first sent or serialised, and carries what `record()` was given."""
+    client = server.client()
+    captured: list[Any] = []
+
+    class Capture:
+        def submit(self, op: Operation) -> bool:
+            captured.append(op)
+            return True
+
+    configure_recording(client, via=Capture())
+    parent = uuid.uuid4()
+    with session_scope(client, project_id=server.project_id) as session:
+        given = record(all_messages=chat("a"), completion_id=str(uuid.uuid4()).upper())
+        with trace_scope("question") as trace:
+            made = record(all_messages=chat("b"), inputs={"q": 1})
+        record(all_messages=chat("c"), parent_id=parent)
+        with pytest.raises(ValueError):
+            record(all_messages=chat("d"), completion_id="not-a-uuid")
+    completions = [op for op in captured if isinstance(op, Completion)]  # not the trace
+    assert [op._payload for op in completions] == [None, None, None]
+    first, second, third = (op.payload for op in completions)
+    assert first.completion_id == uuid.UUID(given.completion_id) and first.parent_id is None
+    assert given.completion_id == given.completion_id.lower()
+    assert second.completion_id == uuid.UUID(made.completion_id)
+    assert second.parent_id == uuid.UUID(trace.trace_id) and second.inputs == {"q": 1}
+    assert third.parent_id == parent
+    assert {str(p.session_info.session_id) for p in (first, second, third)} == {
+        session.session_id
+    }
+    assert completions[0].payload is first  # built once
 
 
 def test_the_sending_threads_keep_the_id_pool_topped_up(

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from uuid import UUID
 
 from freeplay.llm_parameters import LLMParameters
@@ -270,7 +270,7 @@ class Completion(Operation):
 
     kind = COMPLETION
     creates_session = True
-    __slots__ = ("_provides", "payload")
+    __slots__ = ("_fields", "_payload", "_provides")
 
     def __init__(
         self,
@@ -282,10 +282,42 @@ class Completion(Operation):
     ) -> None:
         """`completion_id`: `str(payload.completion_id)`, when the caller has it already."""
         super().__init__(project_id, session_id)
-        self.payload = payload
+        self._payload: RecordPayload | None = payload
+        self._fields: dict[str, Any] | None = None
         if completion_id is None and payload.completion_id is not None:
             completion_id = str(payload.completion_id)
         self._provides = None if completion_id is None else f"{COMPLETION}:{completion_id}"
+
+    @classmethod
+    def of_fields(
+        cls, project_id: str, session_id: str, fields: dict[str, Any], completion_id: str
+    ) -> Completion:
+        """A completion whose `RecordPayload` is built from `fields` when first needed
+        (by the sending thread, off the request path). `fields` are the payload's, but
+        `completion_id` and `parent_id` as text; the operation owns the dict."""
+        op = cls.__new__(cls)
+        Operation.__init__(op, project_id, session_id)
+        op._payload = None
+        op._fields = fields
+        op._provides = f"{COMPLETION}:{completion_id}"
+        return op
+
+    @property
+    def payload(self) -> RecordPayload:
+        payload = self._payload
+        if payload is not None:
+            return payload
+        fields = self._fields
+        if fields is None:  # another thread built it meanwhile
+            return cast("RecordPayload", self._payload)
+        kwargs = dict(fields)  # not changed in place: another thread may be reading it
+        kwargs["completion_id"] = UUID(fields["completion_id"])
+        parent_id = fields.get("parent_id")
+        if parent_id is not None:
+            kwargs["parent_id"] = UUID(parent_id)
+        payload = self._payload = RecordPayload(**kwargs)
+        self._fields = None
+        return payload
 
     def send(self, sdk: SdkResources) -> str | None:
         return str(sdk.recordings.create(self.payload).completion_id)
@@ -308,6 +340,11 @@ class Completion(Operation):
         return self._provides or f"{COMPLETION}:None"
 
     def estimate_size(self) -> int:
+        fields = self._fields
+        if fields is not None:  # on the request path: the payload is not built there
+            inputs = fields.get("inputs")
+            size = 512 + _estimate(fields["all_messages"])
+            return size if inputs is None else size + _estimate(inputs)
         payload = self.payload
         inputs = payload.inputs
         size = 512 + _estimate(payload.all_messages)

@@ -196,7 +196,7 @@ def _sends_no_app_code(app_iter: ClosingIterator) -> bool:
             return False
         _plain_responses.add(kind)
     return (
-        callbacks[1].__func__ is _WerkzeugResponse.close
+        getattr(callbacks[1], "__func__", None) is _WerkzeugResponse.close
         and type(response.response) in MADE  # type: ignore[union-attr]
         and not getattr(response, "_on_close", True)
     )

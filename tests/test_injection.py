@@ -69,11 +69,12 @@ def assert_clean(
     assert reply.status == 200
     assert not reply.left_bound
     assert _names(reply) == _names(reference), "the response gained or lost a header"
+    [token] = reply.all(HEADER)  # checked below: the ID, or a token that verifies
     for name, value in reply.headers:
         assert not _CONTROL.search(value), f"control character in {name}: {value!r}"
-        assert "evil" not in value.lower(), f"{name}: {value!r}"
+        # Without the token: a signature is random base64, which may spell "evil" by chance.
+        assert "evil" not in value.replace(token, "").lower(), f"{name}: {value!r}"
     assert b"evil" not in reply.body.lower()
-    [token] = reply.all(HEADER)
     session_id = reply.body.decode()
     assert reference_session_id(session_id) == session_id
     if signed:

@@ -70,7 +70,6 @@ def test_a_forked_child_does_not_hand_out_the_parents_pooled_ids() -> None:
     assert len(child) == 3 and not set(child) & set(parent), (child, sys.platform)
 
 
-
 def test_the_pool_is_refilled_from_a_source_that_keeps_the_gil() -> None:
     """`os.urandom` is a system call that releases the GIL; on the request path, taking it
     back behind busy threads cost the refilling `record()` calls milliseconds

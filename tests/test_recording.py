@@ -90,8 +90,8 @@ def client(server: LocalFreeplay, spool: Path) -> Iterator[Freeplay]:
     recorder_for(client).flush(5)
 
 
-def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Operation]]:
-    """`n` completions of one new session, recorded for real, captured before sending."""
+def capturing_client(server: LocalFreeplay) -> tuple[Freeplay, list[Operation]]:
+    """A client whose operations are captured (in the list) instead of sent."""
     client = server.client()
     captured: list[Operation] = []
 
@@ -101,6 +101,12 @@ def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Opera
             return True
 
     configure_recording(client, via=Capture())
+    return client, captured
+
+
+def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Operation]]:
+    """`n` completions of one new session, recorded for real, captured before sending."""
+    client, captured = capturing_client(server)
     with session_scope(client, project_id=server.project_id) as session:
         for k in range(n):
             record(all_messages=chat(str(k)))
@@ -109,15 +115,7 @@ def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Opera
 
 def every_kind(server: LocalFreeplay) -> list[Operation]:
     """One operation of each kind, recorded for real, captured from the recorder."""
-    client = server.client()
-    captured: list[Operation] = []
-
-    class Capture:
-        def submit(self, op: Operation) -> bool:
-            captured.append(op)
-            return True
-
-    configure_recording(client, via=Capture())
+    client, captured = capturing_client(server)
     with session_scope(client, project_id=server.project_id):
         with trace_scope("question", name="answer") as trace:
             record(all_messages=chat("hi"))
@@ -214,15 +212,7 @@ def test_background_delivers_every_kind_in_the_order_the_api_needs(
 def test_record_leaves_the_payload_to_the_sending_thread(server: LocalFreeplay) -> None:
     """`record()` hands over its fields; the `RecordPayload` (and its UUIDs) is built when
     the operation is first sent or serialised, and carries what `record()` was given."""
-    client = server.client()
-    captured: list[Any] = []
-
-    class Capture:
-        def submit(self, op: Operation) -> bool:
-            captured.append(op)
-            return True
-
-    configure_recording(client, via=Capture())
+    client, captured = capturing_client(server)
     parent = uuid.uuid4()
     with session_scope(client, project_id=server.project_id) as session:
         given = record(all_messages=chat("a"), completion_id=str(uuid.uuid4()).upper())

@@ -342,12 +342,10 @@ class Completion(Operation):
     def estimate_size(self) -> int:
         fields = self._fields
         if fields is not None:  # on the request path: the payload is not built there
-            inputs = fields.get("inputs")
-            size = 512 + _estimate(fields["all_messages"])
-            return size if inputs is None else size + _estimate(inputs)
-        payload = self.payload
-        inputs = payload.inputs
-        size = 512 + _estimate(payload.all_messages)
+            messages, inputs = fields["all_messages"], fields.get("inputs")
+        else:
+            messages, inputs = self.payload.all_messages, self.payload.inputs
+        size = 512 + _estimate(messages)
         return size if inputs is None else size + _estimate(inputs)
 
 

@@ -548,6 +548,52 @@ def test_signed_ids_are_echoed_signed_and_resume(settings: SettingsWrapper) -> N
     assert forged.json()["before"]["current"] != session_id
 
 
+@pytest.mark.parametrize(
+    ("existing", "expected"),
+    [
+        (None, HEADER),
+        ("X-Other", f"X-Other, {HEADER}"),
+        (f"x-other, {HEADER.lower()}", f"x-other, {HEADER.lower()}"),
+        ("*", "*"),
+    ],
+)
+def test_the_header_writer_stores_what_response_headers_would(
+    existing: str | None, expected: str
+) -> None:
+    """The writer puts the session headers into `ResponseHeaders`' store directly; the
+    response then reads as if `headers[...] = ...` had set them (the fallback path)."""
+    from freeplay_integrations.django.conf import get_config
+
+    config = get_config()
+    direct, public = HttpResponse(), HttpResponse()
+    if existing is not None:
+        direct[EXPOSE] = public[EXPOSE] = existing
+    writer = config.write_headers
+    assert writer._direct
+    writer(direct.headers, "token")
+    writer._direct = False
+    try:
+        writer(public.headers, "token")
+    finally:
+        writer._direct = True
+    assert list(direct.items()) == list(public.items())
+    assert direct[HEADER.upper()] == "token"
+    assert direct[EXPOSE] == expected
+
+
+def test_the_session_morsel_copies_like_a_morsel() -> None:
+    """`SessionMorsel` keeps its key and values in slots; `copy()` still carries them."""
+    import copy
+    import pickle
+
+    morsel = _get(Client(), "/sync/").cookies[COOKIE]
+    for duplicate in (morsel.copy(), copy.deepcopy(morsel), pickle.loads(pickle.dumps(morsel))):
+        assert duplicate.key == COOKIE
+        assert duplicate.value == morsel.value
+        assert duplicate.OutputString() == morsel.OutputString()
+        assert duplicate == morsel
+
+
 # -- the Set-Cookie text -------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -31,6 +31,10 @@ from .._config import OPTION_NAMES, Settings
 from .._errors import ConfigurationError
 from .._web import SessionResolver
 from .cookies import MorselMaker
+from .headers import HeaderWriter
+
+if TYPE_CHECKING:
+    from django.http import HttpRequest
 
 __all__ = [
     "IMPORTABLE_OPTIONS",
@@ -137,15 +141,30 @@ def load_settings() -> Settings:
 
 
 class DjangoConfig:
-    """Validated settings, the resolver every request goes through, and the maker of the
-    session cookie's `Morsel`, built once."""
+    """Validated settings, the resolver every request goes through, the writer of the
+    session headers and the maker of the session cookie's `Morsel`, built once."""
 
-    __slots__ = ("morsel", "resolver", "settings")
+    __slots__ = ("behind_proxy", "morsel", "resolver", "settings", "write_headers")
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.resolver = SessionResolver(settings)
+        self.write_headers = HeaderWriter(self.resolver)
         self.morsel = MorselMaker()
+        #: Django's `SECURE_PROXY_SSL_HEADER` is set: `is_secure` asks `request.scheme`.
+        self.behind_proxy = _behind_proxy()
+
+    def is_secure(self, request: HttpRequest) -> bool:
+        """`request.is_secure()`. Without `SECURE_PROXY_SSL_HEADER`, Django's `scheme` is
+        `_get_scheme()` (the WSGI environ's, or the ASGI scope's): asked directly, it
+        skips reading the setting through the lazy `settings` object (about 1 µs)."""
+        if self.behind_proxy:
+            return request.scheme == "https"
+        return request._get_scheme() == "https"  # type: ignore[attr-defined,no-any-return]
+
+
+def _behind_proxy() -> bool:
+    return bool(settings.SECURE_PROXY_SSL_HEADER)
 
 
 _config: DjangoConfig | None = None
@@ -170,7 +189,7 @@ def get_config() -> DjangoConfig:
 
 def _reset(*, setting: str, **kwargs: Any) -> None:
     global _config
-    if setting == SETTING_NAME:
+    if setting in (SETTING_NAME, "SECURE_PROXY_SSL_HEADER"):
         _config = None
 
 

@@ -27,7 +27,14 @@ class SessionMorsel(Morsel[str]):
     view or a later middleware that edits the cookie still sends its edit.
     """
 
-    _text: str | None = None
+    # Morsel's own attributes and the kept text, in slots: no instance dict per response.
+    __slots__ = ("_coded_value", "_key", "_text", "_value")
+
+    _text: str | None
+
+    def __init__(self) -> None:
+        self._text = None
+        super().__init__()
 
     def output(self, attrs: Any = None, header: str = "Set-Cookie:") -> str:
         text = self._text
@@ -40,6 +47,12 @@ class SessionMorsel(Morsel[str]):
         if text is None or attrs is not None:
             return super().OutputString(attrs)
         return text
+
+    def copy(self) -> Morsel[str]:
+        # `Morsel.copy` copies the instance dict, which has none of the slots' values.
+        morsel = super().copy()
+        morsel.set(self._key, self._value, self._coded_value)  # type: ignore[attr-defined]
+        return morsel
 
     def _changed(self) -> None:
         self._text = None

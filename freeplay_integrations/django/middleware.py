@@ -172,19 +172,15 @@ def _add_session(
     resolver = config.resolver
     value = resolver.echo(binding)
     if value is not None:
-        headers = response.headers
-        headers[resolver.header_name] = value  # type: ignore[index]  # set with echo_header
-        exposed = resolver.expose(headers.get(EXPOSE_HEADERS))
-        if exposed is not None:
-            headers[EXPOSE_HEADERS] = exposed
+        config.write_headers(response.headers, value)
     if resolver.set_cookie:
         secure = config.settings.cookie_secure
         if secure is None:
-            # `is_secure()`, one call less; honours SECURE_PROXY_SSL_HEADER.
-            secure = request.scheme == "https"
+            secure = config.is_secure(request)
         cookie = resolver.cookie(binding, secure)
         assert cookie is not None
-        response.cookies[cookie.name] = config.morsel(cookie)
+        # `response.cookies[name] = morsel`, as `SimpleCookie.__setitem__` stores a Morsel.
+        dict.__setitem__(response.cookies, cookie.name, config.morsel(cookie))
 
 
 # -- streaming bodies ----------------------------------------------------------------------

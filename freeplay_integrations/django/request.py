@@ -21,6 +21,8 @@ class RequestSession(Session):
     methods, `create_trace` ...) read that session.
     """
 
+    __slots__ = ("_binding",)  # no instance dict to build, per request
+
     _binding: SessionBinding
 
     def __init__(self, binding: SessionBinding) -> None:  # no super(): it has no fields

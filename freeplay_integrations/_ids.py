@@ -94,7 +94,7 @@ def top_up() -> None:
     """Refill the pool before it runs dry, from a thread off the request path.
 
     The recorder's sending threads call this before each attempt, so that under load the
-    request path rarely refills (about 36 µs a refill, several times that on a busy
+    request path rarely refills (about 14 µs a refill, several times that on a busy
     machine: a visible part of `record()`'s p99). Two threads topping up at once only make
     the pool longer.
     """

@@ -42,17 +42,14 @@ __all__ = [
 class SessionBinding:
     """What a request (or a `session_scope`) knows about its Freeplay session.
 
-    `session` is the SDK `Session` in use; `changed` is True once `new_session()` replaced the
-    one the request arrived with; `ended` is True after `end_session()`.
+    `session` is the SDK `Session` in use; `session_id` its ID, and `token` the value clients
+    send back (the ID, signed when a secret is set); `changed` is True once `new_session()`
+    replaced the one the request arrived with; `ended` is True after `end_session()`.
     """
-
-    _session_id: str
 
     __slots__ = (
         "_metadata",
         "_session",
-        "_session_id",
-        "_token",
         "changed",
         "client",
         "ended",
@@ -60,7 +57,9 @@ class SessionBinding:
         "open_traces",
         "project_id",
         "recording",
+        "session_id",
         "signer",
+        "token",
     )
 
     def __init__(
@@ -80,10 +79,11 @@ class SessionBinding:
             # The one way every adapter, Celery and `session_scope` start or resume a
             # session: by ID, the SDK `Session` built on first use (see `session`).
             session_id = new_session_id()
-        self._session_id = session_id
+        # Plain attributes, not properties: the adapters read them on every response.
+        self.session_id = session_id
+        self.token = _token(signer, session_id)
         self._session = session
         self._metadata = custom_metadata
-        self._token: str | None = None
         self.client = client
         self.project_id = project_id
         self.recording = recording
@@ -101,29 +101,15 @@ class SessionBinding:
         session = self._session
         if session is None:
             session = self._session = self.client.sessions.restore_session(
-                self._session_id, custom_metadata=self._metadata
+                self.session_id, custom_metadata=self._metadata
             )
         return session
 
     @session.setter
     def session(self, session: Session) -> None:
         self._session = session
-        self._session_id = str(session.session_id)
-
-    @property
-    def session_id(self) -> str:
-        return self._session_id
-
-    @property
-    def token(self) -> str:
-        """The value clients send back: the session ID, signed when a secret is set."""
-        signer = self.signer
-        if signer is None:
-            return self._session_id
-        token = self._token
-        if token is None or not token.startswith(self._session_id):
-            token = self._token = signer.sign(self._session_id)
-        return token
+        self.session_id = session_id = str(session.session_id)
+        self.token = _token(self.signer, session_id)
 
     def replace(self, custom_metadata: Mapping[str, Any] | None = None) -> Session:
         """Start a new session for the rest of this request and for the response."""
@@ -138,6 +124,10 @@ class SessionBinding:
 
     def __repr__(self) -> str:
         return f"<SessionBinding {self.session_id} changed={self.changed} ended={self.ended}>"
+
+
+def _token(signer: Signer | None, session_id: str) -> str:
+    return session_id if signer is None else signer.sign(session_id)
 
 
 _binding: ContextVar[SessionBinding | None] = ContextVar("freeplay_session", default=None)
@@ -184,8 +174,9 @@ def bind(binding: SessionBinding) -> Token[SessionBinding | None]:
     return token
 
 
-def unbind(token: Token[SessionBinding | None]) -> None:
-    _binding.reset(token)
+#: Undo the `bind()` that returned the token (the ContextVar's own method: no Python frame
+#: on the per-request path).
+unbind: Callable[[Token[SessionBinding | None]], None] = _binding.reset
 
 
 def current_session() -> Session | None:
@@ -337,8 +328,7 @@ def bind_trace(trace: TraceInfo | None) -> Token[TraceInfo | None]:
     return _trace.set(trace)
 
 
-def unbind_trace(token: Token[TraceInfo | None]) -> None:
-    _trace.reset(token)
+unbind_trace: Callable[[Token[TraceInfo | None]], None] = _trace.reset
 
 
 class Scope(Generic[T]):

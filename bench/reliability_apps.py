@@ -68,7 +68,7 @@ from freeplay_integrations import (
     recorder_stats,
     trace_scope,
 )
-from freeplay_integrations._context import SessionBinding, bind
+from freeplay_integrations._context import SessionBinding, bind, new_binding
 from freeplay_integrations._helpers import TraceHandle
 
 __all__ = [
@@ -563,7 +563,7 @@ def create_flask_app() -> Any:
             """A deliberate bug, to show that the checks catch one: bind a session in this
             worker thread's own context and never reset it."""
             client = app.extensions["freeplay"].settings.client
-            bind(SessionBinding(client.sessions.create(), client, None))
+            bind(new_binding(client.sessions.create(), client, None))
             return jsonify(probe())
 
     return app

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ._config import Settings
-from ._context import SessionBinding
+from ._context import SessionBinding, new_binding
 from ._ids import parse_session_id
 from ._recording import prepare_recorder
 from ._validation import sanitize_metadata
@@ -321,7 +321,7 @@ class SessionResolver:
             if header_value and self._header_first:
                 known = self.known.get(header_value)
                 if known is not None and known[1] is None:  # `_bind`, inlined: per request
-                    return SessionBinding(
+                    return new_binding(
                         None,
                         self._client,
                         self._project_id,
@@ -331,7 +331,7 @@ class SessionResolver:
                         None,
                     )
             elif not header_value and not cookie_header and not baggage_header:
-                return SessionBinding(  # a new session: `_bind(None, None)`, inlined
+                return new_binding(  # a new session: `_bind(None, None)`, inlined
                     None, self._client, self._project_id, self._recording, self._signer
                 )
         settings = self.settings
@@ -364,11 +364,11 @@ class SessionResolver:
         metadata = None if settings.session_metadata is None else self._metadata(request)
         # The SDK `Session` (new or resumed) is built lazily, on first use: requests that
         # never touch it (assets, health checks) do not pay for it. A new one gets its ID
-        # from SessionBinding, as `sessions.create()` would.
+        # from new_binding, as `sessions.create()` would.
         return self._bind(session_id, metadata)
 
     def _bind(self, session_id: str | None, metadata: dict[str, Any] | None) -> SessionBinding:
-        return SessionBinding(
+        return new_binding(
             None,
             self._client,
             self._project_id,

@@ -63,6 +63,7 @@ from ._context import (
     bind_trace,
     current_binding,
     current_trace,
+    new_binding,
     unbind,
     unbind_trace,
 )
@@ -264,7 +265,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
             return  # run in the caller's context (eager, `apply()`): it has a session
         if not settings.new_session_if_missing:
             return
-        binding = SessionBinding(
+        binding = new_binding(
             None,
             settings.client,
             settings.project_id,
@@ -274,7 +275,7 @@ def _on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None,
     else:
         project = _header(task, PROJECT_HEADER)
         metadata = _header(task, METADATA_HEADER)
-        binding = SessionBinding(
+        binding = new_binding(
             None,
             settings.client,
             project if isinstance(project, str) and project else settings.project_id,

@@ -638,13 +638,13 @@ def test_the_cookie_is_set_with_response_set_cookie_from_the_cores_attributes() 
 
 
 def test_the_cookie_is_the_one_response_set_cookie_makes_and_each_response_has_its_own() -> None:
-    from freeplay_integrations._context import SessionBinding
+    from freeplay_integrations._context import new_binding
     from freeplay_integrations.django.conf import get_config
 
     first, second = _get(Client(), "/sync/"), _get(Client(), "/sync/")
     morsel = first.cookies[COOKIE]
     resolver = get_config().resolver
-    binding = SessionBinding(None, resolver.settings.client, PROJECT_ID, session_id=_sid(first))
+    binding = new_binding(None, resolver.settings.client, PROJECT_ID, session_id=_sid(first))
     cookie = resolver.cookie(binding, False)
     assert cookie is not None
     a = cookie.attributes

@@ -172,6 +172,8 @@ class FreeplaySessionMiddleware:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
         connection = self._connection
+        if connection is None and not self._baggage:  # the default: nothing more to read
+            return self.resolver.resolve(header_value, cookie_header, None)
         baggage = None
         if self._baggage:
             values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"baggage"]
@@ -227,7 +229,7 @@ class FreeplaySessionMiddleware:
         for `token`, that header first when the ID is echoed. A token a client sent (one the
         resolver knows) has them built once, in a cache bounded like the resolver's
         (`KNOWN_VALUES`, then forgotten all at once) that `_with_session` reads first."""
-        raw = token.encode("latin-1")
+        raw = token.encode()  # ASCII (a UUID, or signed here): UTF-8 is the fast path
         key = self._echo_key
         added: tuple[tuple[bytes, bytes], ...]
         if self._set_cookie:

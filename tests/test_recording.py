@@ -448,6 +448,29 @@ def test_overflow_past_the_byte_budget_goes_to_the_spool_and_drains_by_itself(
     assert not spool.exists()
 
 
+def test_after_the_exit_flush_what_is_recorded_goes_to_the_spool_at_once(
+    client: Freeplay, server: LocalFreeplay, spool: Path
+) -> None:
+    """`close` (the exit flush) spools what it could not deliver; later recordings too."""
+    recorder = recorder_for(client)
+    server.faults.hang(2.0)
+    with session_scope(client, project_id=server.project_id):
+        for n in range(3):
+            record(all_messages=chat(str(n)))
+        started = time.monotonic()
+        assert recorder.close(time.monotonic() + 0.3) is False
+        assert time.monotonic() - started < 0.3 + 0.5
+        assert len(spool.read_text().splitlines()) == 3
+        record(all_messages=chat("late"))  # the unlocked path: sending threads still run
+        assert len(spool.read_text().splitlines()) == 4  # written before record returned
+        update_session_metadata({"late": True})  # the locked path (it follows the session)
+        kinds = [json.loads(line)["kind"] for line in spool.read_text().splitlines()]
+    assert kinds == ["completion"] * 4 + ["session_metadata"]
+    stats = recorder.stats()
+    assert (stats.spooled, stats.pending, stats.lost) == (5, 0, 0)
+    server.faults.release()
+
+
 def test_a_new_recorder_drains_what_an_earlier_process_left(
     server: LocalFreeplay, spool: Path
 ) -> None:

@@ -305,3 +305,66 @@ def test_a_bare_script_spools_what_it_queued_on_sigterm(tmp_path: Path) -> None:
         assert process.stderr is not None
         process.stderr.close()
         process.stdout.close()
+
+
+LATE = """
+    import os, sys, threading, time
+    from freeplay import Freeplay
+    from freeplay_integrations import configure_recording, record, session_scope
+
+    client = Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2])
+    configure_recording(shutdown_timeout=0.5, handle_sigterm=True)
+    log = os.open(sys.argv[4], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+
+    def serve():  # a server's daemon worker thread: it goes on while the process exits
+        with session_scope(client, project_id=sys.argv[3]):
+            while True:
+                done = record(all_messages=[{"role": "user", "content": "q"}])
+                os.write(log, (done.completion_id + "\\n").encode())
+                time.sleep(0.002)
+
+    threading.Thread(target=serve, daemon=True).start()
+    time.sleep(0.2)
+    print("RECORDING", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_what_a_thread_records_during_and_after_the_exit_flush_is_spooled(
+    tmp_path: Path,
+) -> None:
+    """Waitress's worker threads are daemons: they go on serving through the exit flush."""
+    spool, log = tmp_path / "spool.jsonl", tmp_path / "recorded.log"
+    with LocalFreeplay() as freeplay:
+        freeplay.faults.hang(60)  # nothing gets delivered
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(LATE),
+                freeplay.api_key,
+                freeplay.api_base,
+                freeplay.project_id,
+                str(log),
+            ],
+            env={**os.environ, ENV_SPOOL_PATH: str(spool)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().strip() == "RECORDING"
+        before = len(log.read_text().split())
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
+        recorded = log.read_text().split()
+        assert len(recorded) > before + 10  # the thread recorded through the exit flush
+        spooled = [
+            json.loads(line)["data"]["completion_id"] for line in spool.read_text().splitlines()
+        ]
+        assert set(recorded) <= set(spooled)
+        assert len(spooled) == len(set(spooled))
+        freeplay.faults.release()
+        process.stderr.close()
+        process.stdout.close()

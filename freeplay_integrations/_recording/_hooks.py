@@ -81,7 +81,7 @@ def _at_exit() -> None:
     recorders = list(_scheduler._recorders)
     if not recorders:
         return
-    _scheduler.flush(_scheduler.shutdown_timeout())
+    _scheduler.close(_scheduler.shutdown_timeout())
     for recorder in recorders:
         stats = recorder.stats()
         if stats == RecorderStats():

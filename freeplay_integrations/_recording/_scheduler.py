@@ -89,6 +89,9 @@ DRAIN_CHECK_INTERVAL = 5.0
 #: it takes the lock and admits them itself.
 INTAKE_MAX = 64
 
+#: Why an operation submitted after the exit flush is in the spool.
+LATE_REASON = "recorded after the exit flush"
+
 
 @runtime_checkable
 class Route(Protocol):
@@ -254,6 +257,9 @@ class Recorder:
         self._logs: dict[object, _RateLimit] = {}
         self._draining = False
         self._next_drain_check = 0.0
+        #: The process is exiting and the exit flush is over (see `close`): what is
+        #: submitted now goes to the spool at once.
+        self._closed = False
         self._route: Route | None = None
         self._set_route(self._config.via)
 
@@ -354,6 +360,8 @@ class Recorder:
             # intake admits all of it, and wakes another while more is ready.
             if len(intake) == 1 and self._sleepers:
                 self._wake_sleeper()
+            if self._closed:  # (read after the append: `close` sets it, then sweeps)
+                self._sweep(LATE_REASON)
             return
         self._submit_locked(op, size)
 
@@ -362,6 +370,7 @@ class Recorder:
         session_id = op.session_id
         with self._cond:
             self._admit_locked()  # what came before goes first (and may be what op follows)
+            closed = self._closed
             deps: list[Operation] | tuple[()] = ()
             if isinstance(op, DeleteSession):
                 deps = self._cancel_locked(session_id)
@@ -374,8 +383,8 @@ class Recorder:
                     dep = self._by_key.get(follows)
                     if dep is not None:
                         deps = [dep]
-            queued = True
-            if self._over_budget(size):
+            queued = not closed
+            if queued and self._over_budget(size):
                 if config.put_timeout > 0:
                     self._putters += 1
                     try:
@@ -393,6 +402,9 @@ class Recorder:
         if queued:
             if not self._threads:
                 self._start_threads()  # the first sender; it starts the others (see _work)
+            return
+        if closed:
+            self._sweep(LATE_REASON, [op])
             return
         self._spool([op], "the recording queue is over its budget")
         if count:
@@ -899,6 +911,32 @@ class Recorder:
         self._spool(left, "not delivered before the flush timeout")
         return False
 
+    def close(self, deadline: float | None) -> bool:
+        """The process exits: deliver until `deadline`, then spool what is left.
+
+        What is submitted meanwhile is sent too: a server's daemon worker threads (waitress)
+        go on serving through the exit flush. After it, whatever is still held goes to the
+        spool, and whatever is submitted later goes there at once, in the submitting
+        thread: nothing recorded after the flush stays in memory to die with the process.
+        Returns True when everything was delivered.
+        """
+        with self._cond:
+            self._flushers += 1
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                done = self._cond.wait_for(lambda: not (self._live or self._intake), remaining)
+            finally:
+                self._flushers -= 1
+            self._closed = True
+        return self._sweep("not delivered before the shutdown timeout") == 0 and done
+
+    def _sweep(self, reason: str, ops: Iterable[Operation] = ()) -> int:
+        """Spool everything held (then `ops`); returns how many were written."""
+        with self._cond:
+            self._admit_locked()
+            held = [*self._live.values(), *ops]
+        return self._spool(held, reason)
+
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -915,6 +953,7 @@ class Recorder:
         self._limit = self._config.max_concurrency
         self._not_before = 0.0
         self._draining = False
+        self._closed = False
         self._counts = dict.fromkeys(self._counts, 0)
 
 
@@ -1085,6 +1124,15 @@ def flush(timeout: float | None = None) -> bool:
     complete = True
     for recorder, target in targets:
         complete = recorder._flush(target, deadline) and complete
+    return complete
+
+
+def close(timeout: float) -> bool:
+    """At exit: `Recorder.close` for every recorder, within one `timeout` for all."""
+    deadline = time.monotonic() + timeout
+    complete = True
+    for recorder in list(_recorders):
+        complete = recorder.close(deadline) and complete
     return complete
 
 

@@ -33,7 +33,9 @@ import pytest
 
 from bench.reliability import ROOT, App, Outcome, Size, judge, run_scenario
 from bench.reliability_apps import ADAPTERS, CONTROL_PREFIX, DEFAULT_ADAPTERS, ENV_PLANT_LEAK
-from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS
+from freeplay_integrations import configure_recording, record, session_scope
+from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS, Operation
+from freeplay_integrations._recording._spool import append_lines, spool_line
 from freeplay_integrations.local import LocalFreeplay
 
 SMALL = Size(
@@ -366,5 +368,64 @@ def test_what_a_thread_records_during_and_after_the_exit_flush_is_spooled(
         assert set(recorded) <= set(spooled)
         assert len(spooled) == len(set(spooled))
         freeplay.faults.release()
+        process.stderr.close()
+        process.stdout.close()
+
+
+DRAINING = """
+    import sys, time
+    from freeplay import Freeplay
+    from freeplay_integrations import configure_recording
+
+    client = Freeplay(freeplay_api_key=sys.argv[1], api_base=sys.argv[2])
+    configure_recording(client, shutdown_timeout=3.0, handle_sigterm=True)  # drains at start
+    print("STARTED", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_drain_cut_short_by_the_exit_puts_the_spool_back(tmp_path: Path) -> None:
+    """A new process drains what an earlier one left while Freeplay refuses: at SIGTERM
+    the drain stops, and the spool is back under its own name, each line once."""
+    spool = tmp_path / "spool.jsonl"
+    with LocalFreeplay() as freeplay:
+        captured: list[Operation] = []
+
+        class Capture:
+            def submit(self, op: Operation) -> bool:
+                captured.append(op)
+                return True
+
+        earlier = freeplay.client()
+        configure_recording(earlier, via=Capture())
+        with session_scope(earlier, project_id=freeplay.project_id):
+            for n in range(5):
+                record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})
+        append_lines(str(spool), [spool_line(op, freeplay.api_base, "earlier") for op in captured])
+        freeplay.faults.fail_for(60, 503)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(DRAINING),
+                freeplay.api_key,
+                freeplay.api_base,
+            ],
+            env={**os.environ, ENV_SPOOL_PATH: str(spool)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().strip() == "STARTED"
+        freeplay.wait_for(lambda: len(freeplay.faults.arrivals()) > 0, timeout=10)
+        assert list(tmp_path.glob("spool.jsonl.draining-*"))  # the drain is under way
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
+        assert list(tmp_path.glob("spool.jsonl.draining-*")) == []
+        kept = [json.loads(line)["data"]["inputs"]["n"] for line in spool.read_text().splitlines()]
+        assert sorted(kept) == list(range(5))
+        freeplay.faults.clear()
         process.stderr.close()
         process.stdout.close()

@@ -257,8 +257,10 @@ class Recorder:
         self._logs: dict[object, _RateLimit] = {}
         self._draining = False
         self._next_drain_check = 0.0
-        #: The process is exiting and the exit flush is over (see `close`): what is
-        #: submitted now goes to the spool at once.
+        #: The process is exiting (see `close`): no drain starts, a running one stops
+        #: sending and puts the rest back in the spool.
+        self._exiting = False
+        #: The exit flush is over: what is submitted now goes to the spool at once.
         self._closed = False
         self._route: Route | None = None
         self._set_route(self._config.via)
@@ -828,7 +830,7 @@ class Recorder:
         if not (os.path.exists(path) or _has_leftovers(path)):
             return
         with self._cond:
-            if self._draining:
+            if self._draining or self._exiting:
                 return
             self._draining = True
         threading.Thread(target=self._drain, name="freeplay-recorder-drain", daemon=True).start()
@@ -847,6 +849,7 @@ class Recorder:
         finally:
             with self._cond:
                 self._draining = False
+                self._cond.notify_all()  # (`close` may wait for it)
         if result.sent or result.failed or result.unreadable:
             self._count("drained", result.sent)
             logger.info(
@@ -862,6 +865,8 @@ class Recorder:
         config = self._config
         deadline = time.monotonic() + min(config.retry_for, 30.0)
         while True:
+            if self._exiting:
+                return "retry"  # kept in the spool, for the next process
             try:
                 self._transport.send(op, config.attempt_timeout)
             except Exception as exc:
@@ -918,13 +923,18 @@ class Recorder:
         go on serving through the exit flush. After it, whatever is still held goes to the
         spool, and whatever is submitted later goes there at once, in the submitting
         thread: nothing recorded after the flush stays in memory to die with the process.
-        Returns True when everything was delivered.
+        A drain of the spool stops sending and puts back what it holds (a drain cut short
+        by the exit would leave it under another name). Returns True when everything was
+        delivered.
         """
         with self._cond:
+            self._exiting = True
             self._flushers += 1
             try:
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done = self._cond.wait_for(lambda: not (self._live or self._intake), remaining)
+                done = self._cond.wait_for(
+                    lambda: not (self._live or self._intake or self._draining), remaining
+                )
             finally:
                 self._flushers -= 1
             self._closed = True
@@ -953,7 +963,7 @@ class Recorder:
         self._limit = self._config.max_concurrency
         self._not_before = 0.0
         self._draining = False
-        self._closed = False
+        self._exiting = self._closed = False
         self._counts = dict.fromkeys(self._counts, 0)
 
 

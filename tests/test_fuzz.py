@@ -74,6 +74,9 @@ MODES: dict[str, dict[str, Any]] = {
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX = re.compile(r"[^0-9a-f]")
 _MASK = "<session>"
+#: A cookie's expiry date: the clock's, not the client's (a sent `$Version=1 ` is in
+#: "13:03:31 GMT").
+_EXPIRES = re.compile(r"(?i)expires=[^;\n]*")
 
 
 # -- values -----------------------------------------------------------------------------------
@@ -355,8 +358,9 @@ def expected(driver: Driver, mode: str, headers: RawHeaders) -> tuple[str, str |
 
 
 def masked(reply: Reply) -> str:
-    """What a client can read in the response, the session's own ID and token hidden."""
-    text = reply.text()
+    """What a client can read in the response, the session's own ID and token and the
+    cookie's expiry date hidden."""
+    text = _EXPIRES.sub("Expires=<date>", reply.text())
     for token in reply.all(HEADER):
         text = text.replace(token, _MASK).replace(token.partition(".")[0], _MASK)
     return text

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar, Token
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
@@ -73,8 +74,9 @@ class SessionBinding:
     ended: bool
     #: ID of the last completion `record()` made in this request or scope.
     last_completion_id: str | None
-    #: The traces `trace_scope` has open in this request, oldest first (see _helpers).
-    open_traces: list[Any]
+    #: The traces `trace_scope` has open in this request, oldest first (see _helpers); ()
+    #: until the first one (`open_traces_list`): most requests open none.
+    open_traces: list[Any] | tuple[()]
     project_id: str | None
     recording: str
     session_id: str
@@ -143,8 +145,24 @@ def new_binding(
     binding.changed = False
     binding.ended = False
     binding.last_completion_id = None
-    binding.open_traces = []
+    binding.open_traces = ()
     return binding
+
+
+_open_traces_lock = threading.Lock()
+
+
+def open_traces_list(binding: SessionBinding) -> list[Any]:
+    """`binding.open_traces`, made a list on the binding's first trace (once, whichever
+    of the threads sharing the binding gets there first)."""
+    traces = binding.open_traces
+    if isinstance(traces, list):
+        return traces
+    with _open_traces_lock:
+        traces = binding.open_traces
+        if not isinstance(traces, list):
+            traces = binding.open_traces = []
+        return traces
 
 
 def _token(signer: Signer | None, session_id: str) -> str:
@@ -252,7 +270,7 @@ def current_trace() -> TraceInfo | None:
     return trace
 
 
-def _opened_on_this_stack(open_traces: list[Any]) -> Any:
+def _opened_on_this_stack(open_traces: Sequence[Any]) -> Any:
     """The innermost open trace whose `with` block is running on the current stack."""
     frames = set()
     frame: FrameType | None = sys._getframe(1)
@@ -266,7 +284,7 @@ def _opened_on_this_stack(open_traces: list[Any]) -> Any:
     return None
 
 
-def _is_ancestor(trace: TraceInfo | None, handle: Any, open_traces: list[Any]) -> bool:
+def _is_ancestor(trace: TraceInfo | None, handle: Any, open_traces: Sequence[Any]) -> bool:
     """Whether `trace` (None: the top level) is `handle` or one of its ancestors."""
     by_id = {t.trace_id: t for t in open_traces}
     current = handle

@@ -33,6 +33,7 @@ from ._context import (
     bind_trace,
     current_binding,
     current_trace,
+    open_traces_list,
     unbind_trace,
 )
 from ._errors import ConfigurationError, NoActiveSessionError
@@ -307,7 +308,7 @@ class trace_scope(Scope[TraceHandle]):
         handle.project_id = project_id
         handle._after = []
         handle._frame = sys._getframe(2)  # the frame running the `with` block (see current_trace)
-        binding.open_traces.append(handle)
+        open_traces_list(binding).append(handle)
         self._stack.append((handle, binding, bind_trace(handle)))
         return handle
 
@@ -321,7 +322,7 @@ class trace_scope(Scope[TraceHandle]):
         finally:
             handle._frame = None
             with contextlib.suppress(ValueError):
-                binding.open_traces.remove(handle)
+                open_traces_list(binding).remove(handle)
             try:
                 unbind_trace(token)
             except ValueError:

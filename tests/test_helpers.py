@@ -5,6 +5,7 @@ Everything goes through the real SDK to the local Freeplay server.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import threading
@@ -43,6 +44,7 @@ from freeplay_integrations import (
     update_session_metadata,
     update_trace_metadata,
 )
+from freeplay_integrations._context import current_binding
 from freeplay_integrations._recording import recorder_for
 from freeplay_integrations.asgi import FreeplaySessionMiddleware
 from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
@@ -308,6 +310,40 @@ def test_nested_trace_scopes_make_child_traces(client: Freeplay, server: LocalFr
         "in inner": inner.trace_id,
         "outer again": outer.trace_id,
     }
+
+
+def test_first_traces_opened_at_once_in_threads_sharing_a_session_are_all_open(
+    client: Freeplay, server: LocalFreeplay
+) -> None:
+    """A binding's list of open traces is made on its first trace (most requests open
+    none): threads opening their first traces together all land in one list."""
+    threads = 8
+    barrier = threading.Barrier(threads)
+    seen: list[int] = []
+    with scope(client, server):
+        binding = current_binding()
+        assert binding is not None and binding.open_traces == ()
+
+        def open_one(n: int) -> None:
+            barrier.wait()
+            with trace_scope(f"question {n}") as trace:
+                barrier.wait()  # every thread's trace is open now
+                seen.append(len(binding.open_traces))
+                assert current_trace() is trace
+                barrier.wait()  # and stays open until every thread has looked
+
+        context = contextvars.copy_context()
+        workers = [
+            threading.Thread(target=context.copy().run, args=(open_one, n)) for n in range(threads)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        assert seen == [threads] * threads
+        assert binding.open_traces == []
+    flushed(client)
+    assert len(server.traces()) == threads
 
 
 @pytest.mark.anyio

@@ -14,6 +14,7 @@ import signal
 import threading
 from types import FrameType
 
+from .. import _context
 from . import _scheduler, _spool, _transport
 from ._scheduler import RecorderStats
 
@@ -104,6 +105,7 @@ def _at_exit() -> None:
 def _after_fork_in_child() -> None:
     """The child starts with empty queues and no threads (the parent sends its own)."""
     _spool._lock = threading.Lock()
+    _context._open_traces_lock = threading.Lock()
     _transport.after_fork()
     _scheduler.after_fork_in_child()
 

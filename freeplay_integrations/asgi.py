@@ -101,67 +101,18 @@ class FreeplaySessionMiddleware:
         self._baggage = resolver.baggage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self._other(scope, receive, send)
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            if scope_type == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if self._exclude_paths and scope["path"].startswith(self._exclude_paths):
             await self.app(scope, receive, send)
             return
-        binding = self._resolve(scope)
-        if isinstance(binding, Rejection):
-            await self._reject(scope, receive, send, binding)
-            return
-        secure = scope.get("scheme") in _SECURE_SCHEMES
-        # The response start is held until the first body message, so that new_session()
-        # called by the endpoint, or by a streamed body before its first chunk, is what the
-        # response headers carry.
-        held: Message | None = None
-        started = False
-
-        async def send_with_session(message: Message) -> None:
-            nonlocal held, started
-            if not started:
-                if message["type"] == "http.response.start":
-                    held = message
-                    return
-                if held is not None:
-                    started = True
-                    await send(self._with_session(held, binding, secure))
-                    held = None
-            await send(message)
-
-        token = bind(binding)
-        try:
-            try:
-                await self.app(scope, receive, send_with_session)
-            except Exception:
-                if not started:
-                    with contextlib.suppress(Exception):
-                        await self._server_error(send, binding, secure)
-                raise
-            if held is not None:  # a start with no body message: still deliver it
-                await send(self._with_session(held, binding, secure))
-        finally:
-            unbind(token)
-
-    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope_type = scope["type"]
-        if scope_type == "websocket" and not self.resolver.is_excluded(scope["path"]):
-            binding = self._resolve(scope)
-            if isinstance(binding, Rejection):
-                await self._reject(scope, receive, send, binding)
-                return
-            token = bind(binding)
-            try:
-                await self._websocket(scope, receive, send, binding, scope.get("scheme") == "wss")
-            finally:
-                unbind(token)
-        elif scope_type == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _resolve(self, scope: Scope) -> SessionBinding | Rejection:
+        # The request's session ID and cookies (read here, not in a method: a call costs
+        # each request as much as the rest of this block).
         header_value = cookie_header = None
         key = self._header_key
         for name, value in scope["headers"]:
@@ -171,9 +122,43 @@ class FreeplaySessionMiddleware:
             elif name == _COOKIE:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
+        if self._connection is None and not self._baggage:  # the default: nothing more to read
+            binding = self.resolver.resolve(header_value, cookie_header, None)
+        else:
+            binding = self._resolve_with(scope, header_value, cookie_header)
+        if isinstance(binding, Rejection):
+            await self._reject(scope, receive, send, binding)
+            return
+        secure = scope.get("scheme") in _SECURE_SCHEMES
+        if scope_type == "websocket":
+            await self._websocket(scope, receive, send, binding, secure)
+            return
+        response = _Response()  # filled in here: a Python __init__ costs more
+        response.middleware = self
+        response.send = send
+        response.binding = binding
+        response.secure = secure
+        response.held = None
+        response.started = False
+        token = bind(binding)
+        try:
+            try:
+                await self.app(scope, receive, response.send_with_session)
+            except Exception:
+                if not response.started:
+                    with contextlib.suppress(Exception):
+                        await self._server_error(send, binding, secure)
+                raise
+            if response.held is not None:  # a start with no body message: still deliver it
+                await send(self._with_session(response.held, binding, secure))
+        finally:
+            unbind(token)
+
+    def _resolve_with(
+        self, scope: Scope, header_value: str | None, cookie_header: str | None
+    ) -> SessionBinding | Rejection:
+        """Resolve with the request for the hooks, and the baggage, when they are wanted."""
         connection = self._connection
-        if connection is None and not self._baggage:  # the default: nothing more to read
-            return self.resolver.resolve(header_value, cookie_header, None)
         baggage = None
         if self._baggage:
             values = [v.decode("latin-1") for n, v in scope["headers"] if n == b"baggage"]
@@ -190,7 +175,11 @@ class FreeplaySessionMiddleware:
                 message = self._with_session(message, binding, secure)
             await send(message)
 
-        await self.app(scope, receive, send_with_session)
+        token = bind(binding)
+        try:
+            await self.app(scope, receive, send_with_session)
+        finally:
+            unbind(token)
 
     def _with_session(self, message: Message, binding: SessionBinding, secure: bool) -> Message:
         """`message` (a response start or websocket accept) with the session headers added
@@ -279,6 +268,37 @@ class FreeplaySessionMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
+
+
+class _Response:
+    """One HTTP request's way out: `send_with_session` is the `send` the app gets.
+
+    The response start is held until the first body message, so that new_session() called
+    by the endpoint, or by a streamed body before its first chunk, is what the response
+    headers carry. (An object and its bound method, not a closure: a closure's function
+    and cells cost a request about 1k instructions more on 3.11.)
+    """
+
+    __slots__ = ("binding", "held", "middleware", "secure", "send", "started")
+
+    binding: SessionBinding
+    held: Message | None
+    middleware: FreeplaySessionMiddleware
+    secure: bool
+    send: Send
+    started: bool
+
+    async def send_with_session(self, message: Message) -> None:
+        if not self.started:
+            if message["type"] == "http.response.start":
+                self.held = message
+                return
+            held = self.held
+            if held is not None:
+                self.started = True
+                self.held = None
+                await self.send(self.middleware._with_session(held, self.binding, self.secure))
+        await self.send(message)
 
 
 def _connection_class() -> Any:

@@ -183,23 +183,27 @@ def _sends_no_app_code(app_iter: ClosingIterator) -> bool:
     or a Werkzeug whose internals differ (`_callbacks`, `_on_close`), is treated as code
     and each step is run with the session bound, as for any WSGI app.
     """
-    callbacks = getattr(app_iter, "_callbacks", None)
-    if type(callbacks) is not list or len(callbacks) != 2:
-        return False
-    response = getattr(callbacks[1], "__self__", None)
-    kind = type(response)
-    if kind not in _plain_responses:
-        if not isinstance(response, _WerkzeugResponse) or any(
-            getattr(kind, name) is not getattr(_WerkzeugResponse, name)
-            for name in _WERKZEUG_METHODS
-        ):
+    try:  # (attribute reads under one `try`: `getattr` with a default costs more)
+        callbacks = app_iter._callbacks
+        if type(callbacks) is not list or len(callbacks) != 2:
             return False
-        _plain_responses.add(kind)
-    return (
-        getattr(callbacks[1], "__func__", None) is _WerkzeugResponse.close
-        and type(response.response) in MADE  # type: ignore[union-attr]
-        and not getattr(response, "_on_close", True)
-    )
+        close: Any = callbacks[1]
+        response = close.__self__
+        kind = type(response)
+        if kind not in _plain_responses:
+            if not isinstance(response, _WerkzeugResponse) or any(
+                getattr(kind, name) is not getattr(_WerkzeugResponse, name)
+                for name in _WERKZEUG_METHODS
+            ):
+                return False
+            _plain_responses.add(kind)
+        return (
+            close.__func__ is _WerkzeugResponse.close
+            and type(response.response) in MADE
+            and not response._on_close
+        )
+    except AttributeError:
+        return False
 
 
 class _SessionProxy:

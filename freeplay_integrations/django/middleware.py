@@ -145,7 +145,7 @@ def _resolve(config: DjangoConfig, request: HttpRequest) -> SessionBinding | Rej
     baggage = meta.get("HTTP_BAGGAGE") if resolver.baggage else None
     result = resolver.resolve(None if key is None else meta.get(key), cookies, request, baggage)
     if not isinstance(result, Rejection):
-        request.freeplay_session = RequestSession(result)  # type: ignore[attr-defined]
+        request.freeplay_session = RequestSession.of(result)  # type: ignore[attr-defined]
     return result
 
 

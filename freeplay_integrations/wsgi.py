@@ -177,9 +177,10 @@ class FreeplaySessionMiddleware:
         if echo_name is None:
             headers = list(headers)
         else:
-            for name, _ in headers:
+            for name, value in headers:
                 if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
-                    headers = self._merge_expose(headers)  # the app's own (CORS) list: rare
+                    # The app's own (CORS) list (rare): ours is merged into it.
+                    headers = self._merge_expose(headers, (name, value))
                     headers.append((echo_name, token))
                     break
             else:
@@ -189,15 +190,12 @@ class FreeplaySessionMiddleware:
             headers.append(("Set-Cookie", prefix + token + suffix))
         return headers
 
-    def _merge_expose(self, headers: Headers) -> Headers:
-        """A copy of `headers` whose `Access-Control-Expose-Headers` also names ours."""
+    def _merge_expose(self, headers: Headers, expose: tuple[str, str]) -> Headers:
+        """A copy of `headers` whose `expose` header (one of them) also names ours."""
         headers = list(headers)
-        for index, (name, existing) in enumerate(headers):
-            if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
-                merged = self.resolver.expose(existing)
-                if merged is not None:
-                    headers[index] = (name, merged)
-                break
+        merged = self.resolver.expose(expose[1])
+        if merged is not None:
+            headers[headers.index(expose)] = (expose[0], merged)
         return headers
 
 

@@ -18,6 +18,7 @@ a load process, recording into the local Freeplay server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +263,31 @@ def test_sigterm_handler_is_opt_in_and_only_over_the_default_from_the_main_threa
     }
 
 
+@contextlib.contextmanager
+def _script(source: str, spool: Path, *args: str, ready: str) -> Iterator[subprocess.Popen[str]]:
+    """Run `source` in a new Python, its spool at `spool`, `args` as its argv, until it
+    prints `ready`; its pipes are closed (and the process killed, if a check failed
+    first) after the block."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(source), *args],
+        env={**os.environ, ENV_SPOOL_PATH: str(spool)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        assert process.stdout.readline().strip() == ready, process.stderr.read()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
+
+
 SCRIPT = """
     import sys, time
     from freeplay import Freeplay
@@ -280,33 +307,15 @@ def test_a_bare_script_spools_what_it_queued_on_sigterm(tmp_path: Path) -> None:
     spool = tmp_path / "spool.jsonl"
     with LocalFreeplay() as freeplay:
         freeplay.faults.hang(60)  # nothing gets delivered
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(SCRIPT),
-                freeplay.api_key,
-                freeplay.api_base,
-                freeplay.project_id,
-            ],
-            env={**os.environ, ENV_SPOOL_PATH: str(spool)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert process.stdout is not None
-        assert process.stdout.readline().strip() == "QUEUED"
-        started = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == SIGTERM_EXIT_STATUS
+        args = (freeplay.api_key, freeplay.api_base, freeplay.project_id)
+        with _script(SCRIPT, spool, *args, ready="QUEUED") as process:
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == SIGTERM_EXIT_STATUS
         assert time.monotonic() - started < 1.0 + 3.0  # shutdown_timeout, plus start-up slack
         lines = [json.loads(line) for line in spool.read_text().splitlines()]
         assert sorted(line["data"]["inputs"]["n"] for line in lines) == list(range(20))
         freeplay.faults.release()
-        assert process.stderr is not None
-        process.stderr.close()
-        process.stdout.close()
 
 
 LATE = """
@@ -339,27 +348,11 @@ def test_what_a_thread_records_during_and_after_the_exit_flush_is_spooled(
     spool, log = tmp_path / "spool.jsonl", tmp_path / "recorded.log"
     with LocalFreeplay() as freeplay:
         freeplay.faults.hang(60)  # nothing gets delivered
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(LATE),
-                freeplay.api_key,
-                freeplay.api_base,
-                freeplay.project_id,
-                str(log),
-            ],
-            env={**os.environ, ENV_SPOOL_PATH: str(spool)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert process.stdout is not None and process.stderr is not None
-        assert process.stdout.readline().strip() == "RECORDING"
-        before = len(log.read_text().split())
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
+        args = (freeplay.api_key, freeplay.api_base, freeplay.project_id, str(log))
+        with _script(LATE, spool, *args, ready="RECORDING") as process:
+            before = len(log.read_text().split())
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
         recorded = log.read_text().split()
         assert len(recorded) > before + 10  # the thread recorded through the exit flush
         spooled = [
@@ -368,8 +361,6 @@ def test_what_a_thread_records_during_and_after_the_exit_flush_is_spooled(
         assert set(recorded) <= set(spooled)
         assert len(spooled) == len(set(spooled))
         freeplay.faults.release()
-        process.stderr.close()
-        process.stdout.close()
 
 
 DRAINING = """
@@ -403,29 +394,14 @@ def test_a_drain_cut_short_by_the_exit_puts_the_spool_back(tmp_path: Path) -> No
                 record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})
         append_lines(str(spool), [spool_line(op, freeplay.api_base, "earlier") for op in captured])
         freeplay.faults.fail_for(60, 503)
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(DRAINING),
-                freeplay.api_key,
-                freeplay.api_base,
-            ],
-            env={**os.environ, ENV_SPOOL_PATH: str(spool)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        assert process.stdout is not None and process.stderr is not None
-        assert process.stdout.readline().strip() == "STARTED"
-        freeplay.wait_for(lambda: len(freeplay.faults.arrivals()) > 0, timeout=10)
-        assert list(tmp_path.glob("spool.jsonl.draining-*"))  # the drain is under way
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
+        with _script(
+            DRAINING, spool, freeplay.api_key, freeplay.api_base, ready="STARTED"
+        ) as process:
+            freeplay.wait_for(lambda: len(freeplay.faults.arrivals()) > 0, timeout=10)
+            assert list(tmp_path.glob("spool.jsonl.draining-*"))  # the drain is under way
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(30) == SIGTERM_EXIT_STATUS, process.stderr.read()
         assert list(tmp_path.glob("spool.jsonl.draining-*")) == []
         kept = [json.loads(line)["data"]["inputs"]["n"] for line in spool.read_text().splitlines()]
         assert sorted(kept) == list(range(5))
         freeplay.faults.clear()
-        process.stderr.close()
-        process.stdout.close()

@@ -135,7 +135,8 @@ def new_binding(
         session_id = new_session_id()  # what `sessions.create()` would pick
     binding = SessionBinding()
     binding.session_id = session_id
-    binding.token = session_id if signer is None else signer.sign(session_id)  # `_token`, inlined
+    # `_token`'s rule, inlined: calling it costs each request about 0.7k instructions.
+    binding.token = session_id if signer is None else signer.sign(session_id)
     binding._session = session
     binding._metadata = custom_metadata
     binding.client = client

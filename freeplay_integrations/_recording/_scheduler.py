@@ -22,7 +22,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .._errors import ConfigurationError
@@ -903,18 +903,22 @@ class Recorder:
 
     def _flush(self, target: int, deadline: float | None) -> bool:
         with self._cond:
-            self._flushers += 1
-            try:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done = self._cond.wait_for(lambda: self._reached(target), remaining)
-            finally:
-                self._flushers -= 1
-            if done:
+            if self._wait_locked(lambda: self._reached(target), deadline):
                 return True
             left = [op for seq, op in self._live.items() if seq <= target]
         # What is in flight may still arrive: the spool replays it idempotently.
         self._spool(left, "not delivered before the flush timeout")
         return False
+
+    def _wait_locked(self, done: Callable[[], bool], deadline: float | None) -> bool:
+        """Wait (the lock held, as a flusher: handled operations notify) until `done()` or
+        `deadline`; returns `done()`."""
+        self._flushers += 1
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self._cond.wait_for(done, remaining)
+        finally:
+            self._flushers -= 1
 
     def close(self, deadline: float | None) -> bool:
         """The process exits: deliver until `deadline`, then spool what is left.
@@ -929,14 +933,9 @@ class Recorder:
         """
         with self._cond:
             self._exiting = True
-            self._flushers += 1
-            try:
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                done = self._cond.wait_for(
-                    lambda: not (self._live or self._intake or self._draining), remaining
-                )
-            finally:
-                self._flushers -= 1
+            done = self._wait_locked(
+                lambda: not (self._live or self._intake or self._draining), deadline
+            )
             self._closed = True
         return self._sweep("not delivered before the shutdown timeout") == 0 and done
 

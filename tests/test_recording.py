@@ -49,6 +49,7 @@ from freeplay_integrations._recording import (
 from freeplay_integrations._recording._operations import Completion
 from freeplay_integrations._recording._spool import append_lines, drain, spool_line
 from freeplay_integrations.local import LocalFreeplay
+from tests._capture import capturing_client
 
 SID = str(uuid.uuid4())
 
@@ -88,20 +89,6 @@ def client(server: LocalFreeplay, spool: Path) -> Iterator[Freeplay]:
     yield client
     server.faults.clear()
     recorder_for(client).flush(5)
-
-
-def capturing_client(server: LocalFreeplay) -> tuple[Freeplay, list[Operation]]:
-    """A client whose operations are captured (in the list) instead of sent."""
-    client = server.client()
-    captured: list[Operation] = []
-
-    class Capture:
-        def submit(self, op: Operation) -> bool:
-            captured.append(op)
-            return True
-
-    configure_recording(client, via=Capture())
-    return client, captured
 
 
 def captured_completions(server: LocalFreeplay, n: int) -> tuple[str, list[Operation]]:

@@ -35,10 +35,11 @@ import pytest
 
 from bench.reliability import ROOT, App, Outcome, Size, judge, run_scenario
 from bench.reliability_apps import ADAPTERS, CONTROL_PREFIX, DEFAULT_ADAPTERS, ENV_PLANT_LEAK
-from freeplay_integrations import configure_recording, record, session_scope
-from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS, Operation
+from freeplay_integrations import record, session_scope
+from freeplay_integrations._recording import ENV_SPOOL_PATH, SIGTERM_EXIT_STATUS
 from freeplay_integrations._recording._spool import append_lines, spool_line
 from freeplay_integrations.local import LocalFreeplay
+from tests._capture import capturing_client
 
 SMALL = Size(
     conversations=40,
@@ -380,15 +381,7 @@ def test_a_drain_cut_short_by_the_exit_puts_the_spool_back(tmp_path: Path) -> No
     the drain stops, and the spool is back under its own name, each line once."""
     spool = tmp_path / "spool.jsonl"
     with LocalFreeplay() as freeplay:
-        captured: list[Operation] = []
-
-        class Capture:
-            def submit(self, op: Operation) -> bool:
-                captured.append(op)
-                return True
-
-        earlier = freeplay.client()
-        configure_recording(earlier, via=Capture())
+        earlier, captured = capturing_client(freeplay)
         with session_scope(earlier, project_id=freeplay.project_id):
             for n in range(5):
                 record(all_messages=[{"role": "user", "content": "q"}], inputs={"n": n})

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import unquote
 
 from ._config import Settings
@@ -27,7 +27,9 @@ __all__ = [
     "EXPOSE_HEADERS",
     "INVALID_ID_REASON",
     "KNOWN_VALUES",
+    "SERVER_ERROR",
     "UNAUTHORIZED_REASON",
+    "Answer",
     "CookieAttributes",
     "Rejection",
     "SessionCookie",
@@ -60,31 +62,75 @@ LOG_UNAUTHORIZED = "freeplay_integrations: authorize_session refused the session
 LOG_AUTHORIZE_FAILED = "freeplay_integrations: authorize_session raised; session refused"
 
 
-class Rejection:
+TextHeaders = tuple[tuple[str, str], ...]
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+
+def _raw(headers: TextHeaders) -> RawHeaders:
+    """Headers as ASGI writes them: lower-case names, latin-1 bytes."""
+    return tuple(
+        (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers
+    )
+
+
+class _HeaderForm:
+    """The constant parts of the session headers in one form: WSGI's text, or ASGI's bytes."""
+
+    __slots__ = ("built", "cookie", "echo", "expired", "expose", "set_cookie")
+
+    def __init__(
+        self, *, expose: Any, echo: Any, set_cookie: Any, cookie: Any, expired: Any
+    ) -> None:
+        self.expose = expose  # (Access-Control-Expose-Headers, the session header), or None
+        self.echo = echo  # the session header's name when it is echoed, or None
+        self.set_cookie = set_cookie
+        self.cookie = cookie  # secure -> the text around the token in a live cookie
+        self.expired = expired  # secure -> the headers of an ended session
+        self.built: dict[bool, dict[str, Any]] = {False: {}, True: {}}
+
+
+class Answer:
+    """A plain-text answer an adapter writes instead of the app's: its status, its headers
+    (as WSGI and Django write them, and as ASGI does: lower-case bytes), and its body."""
+
+    __slots__ = ("body", "headers", "raw_headers", "status")
+    content_type = "text/plain; charset=utf-8"
+
+    def __init__(self, status: int, body: str) -> None:
+        self.status = status
+        self.body = body.encode("ascii")
+        self.headers = (
+            ("Content-Type", self.content_type),
+            ("Content-Length", str(len(self.body))),
+        )
+        self.raw_headers = _raw(self.headers)
+
+    @property
+    def status_line(self) -> str:
+        """`"400 Bad Request"`: the status as WSGI writes it."""
+        return f"{self.status} {HTTPStatus(self.status).phrase}"
+
+    def __repr__(self) -> str:
+        return f"<Answer {self.status}>"
+
+
+#: The middleware's own answer to an exception the app let escape before its response began.
+SERVER_ERROR = Answer(500, "Internal Server Error")
+
+
+class Rejection(Answer):
     """The answer to a request refused for its session ID, instead of calling the app.
 
     400 for an invalid ID under `on_invalid="reject"`; 403 for a valid ID that
     `authorize_session` refused under `on_unauthorized="reject"`.
     """
 
-    __slots__ = ("body", "headers", "reason", "source", "status")
-    content_type = "text/plain; charset=utf-8"
+    __slots__ = ("reason", "source")
 
     def __init__(self, source: str, status: int = 400, reason: str = INVALID_ID_REASON) -> None:
+        super().__init__(status, reason + "\n")
         self.source = source
-        self.status = status
         self.reason = reason
-        self.body = (reason + "\n").encode("ascii")
-        #: The answer's headers, for adapters that write raw ones.
-        self.headers = (
-            ("Content-Type", self.content_type),
-            ("Content-Length", str(len(self.body))),
-        )
-
-    @property
-    def status_line(self) -> str:
-        """`"400 Bad Request"`: the status as WSGI writes it."""
-        return f"{self.status} {HTTPStatus(self.status).phrase}"
 
     def __repr__(self) -> str:
         return f"<Rejection {self.status} from the {self.source}>"
@@ -202,14 +248,17 @@ class SessionResolver:
     __slots__ = (
         "_attributes",
         "_client",
-        "_expired_text",
         "_header_first",
         "_plain",
         "_project_id",
+        "_raw_form",
         "_recording",
         "_signer",
         "_sources",
+        "_text_form",
         "baggage",
+        "built_headers",
+        "built_raw_headers",
         "cookie_name",
         "echo_header",
         "environ_key",
@@ -271,10 +320,37 @@ class SessionResolver:
             for https in (False, True)
             for expire in (False, True)
         }
-        self._expired_text = {
-            https: f"{self.cookie_name}=; {self._attributes[https, True].text}"
-            for https in (False, True)
-        }
+        self._text_form = text = _HeaderForm(
+            expose=None if self.expose_default is None else (EXPOSE_HEADERS, header),
+            echo=self.expose_default,
+            set_cookie="Set-Cookie",
+            cookie={
+                https: (f"{self.cookie_name}=", f"; {self._attributes[https, False].text}")
+                for https in (False, True)
+            },
+            expired={
+                https: (
+                    (("Set-Cookie", f"{self.cookie_name}=; {self._attributes[https, True].text}"),)
+                    if self.set_cookie
+                    else ()
+                )
+                for https in (False, True)
+            },
+        )
+        self._raw_form = _HeaderForm(
+            expose=None if text.expose is None else _raw((text.expose,))[0],
+            echo=None if text.echo is None else self.header_key,
+            set_cookie=b"set-cookie",
+            cookie={
+                https: (prefix.encode("latin-1"), suffix.encode("latin-1"))
+                for https, (prefix, suffix) in text.cookie.items()
+            },
+            expired={https: _raw(headers) for https, headers in text.expired.items()},
+        )
+        #: `session_headers(token, secure)` of returning clients' tokens, by `secure` then
+        #: token, and the same with `raw=True`: adapters read these first.
+        self.built_headers: dict[bool, dict[str, TextHeaders]] = text.built
+        self.built_raw_headers: dict[bool, dict[str, RawHeaders]] = self._raw_form.built
 
     def is_excluded(self, path: str) -> bool:
         return bool(self.exclude_paths) and path.startswith(self.exclude_paths)
@@ -426,17 +502,45 @@ class SessionResolver:
             return None
         return f"{existing}, {header}"
 
-    def cookie_fragments(self, secure: bool) -> tuple[str, str]:
-        """The constant text around the token in a live cookie's `Set-Cookie` value:
-        `prefix + token + suffix`, for adapters that precompute their header bytes."""
-        return f"{self.cookie_name}=", f"; {self._attributes[secure, False].text}"
+    @overload
+    def session_headers(
+        self, token: str | None, secure: bool, raw: Literal[False] = False
+    ) -> TextHeaders: ...
 
-    def cookie_header(self, binding: SessionBinding, secure: bool) -> str:
-        """`cookie(binding, secure).header`, without building the cookie object (the raw
-        `Set-Cookie` value, for adapters that write raw headers). Only with `set_cookie`."""
-        if binding.ended:
-            return self._expired_text[secure]
-        return f"{self.cookie_name}={binding.token}; {self._attributes[secure, False].text}"
+    @overload
+    def session_headers(
+        self, token: str | None, secure: bool, raw: Literal[True]
+    ) -> RawHeaders: ...
+
+    def session_headers(self, token: str | None, secure: bool, raw: bool = False) -> Any:
+        """What a response adds for the session `token`: as WSGI writes headers, or with
+        `raw` as ASGI does (lower-case names, latin-1 bytes).
+
+        A live session: `Access-Control-Expose-Headers` and the session header when it is
+        echoed (those two first, in that order), then `Set-Cookie` when the cookie is set.
+        `None`, a session ended by `end_session()`: the cookie's expiry alone. A response
+        with an expose header of its own keeps it, merged (`expose`), and adds the rest.
+        The headers of a token a client sent back are built once, into `built_headers`
+        (`built_raw_headers`), which adapters read first: a lookup costs less than the call.
+        """
+        form = self._raw_form if raw else self._text_form
+        if token is None:
+            return form.expired[secure]
+        value: Any = token.encode() if raw else token  # ASCII (a UUID, or signed): UTF-8 is fast
+        echo = form.echo
+        added: tuple[Any, ...]
+        if self.set_cookie:
+            prefix, suffix = form.cookie[secure]
+            cookie = (form.set_cookie, prefix + value + suffix)
+            added = (cookie,) if echo is None else (form.expose, (echo, value), cookie)
+        else:
+            added = () if echo is None else (form.expose, (echo, value))
+        if token in self.known:  # a returning client's: worth keeping (bounded like `known`)
+            built = form.built[secure]
+            if len(built) >= KNOWN_VALUES:
+                built.clear()
+            built[token] = added
+        return added
 
     def cookie(self, binding: SessionBinding, secure: bool) -> SessionCookie | None:
         """The cookie for the response: the session's token, or an expiry after

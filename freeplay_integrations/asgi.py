@@ -16,12 +16,22 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._asgi import ASGIApp, Message, Receive, Scope, Send, flush_at_shutdown
+from ._asgi import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    answer_messages,
+    flushing_lifespan,
+    request_factory,
+    take_app,
+)
 from ._config import Settings, deprecated_shutdown_constant
 from ._context import SessionBinding, bind, unbind
-from ._web import KNOWN_VALUES, Rejection, SessionResolver
+from ._web import SERVER_ERROR, Answer, Rejection, SessionResolver
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -35,13 +45,7 @@ WS_POLICY_VIOLATION = 1008
 
 _SECURE_SCHEMES = frozenset({"https", "wss"})
 _EXPOSE = b"access-control-expose-headers"
-_SET_COOKIE = b"set-cookie"
 _COOKIE = b"cookie"
-_SERVER_ERROR = b"Internal Server Error"
-_SERVER_ERROR_HEADERS = (
-    (b"content-type", b"text/plain; charset=utf-8"),
-    (b"content-length", str(len(_SERVER_ERROR)).encode()),
-)
 
 
 class FreeplaySessionMiddleware:
@@ -60,7 +64,7 @@ class FreeplaySessionMiddleware:
         def __init__(self, *args, **options):
             # Typed positional-only, but Starlette before 0.41 and Litestar's
             # DefineMiddleware build middleware with `app=` by keyword.
-            self._setup(_take_app(args, options), Settings.from_options(options))
+            self._setup(take_app(args, options), Settings.from_options(options))
 
     @classmethod
     def configure(cls, **options: Unpack[FreeplayOptions]) -> Callable[[ASGIApp], ASGIApp]:
@@ -84,29 +88,18 @@ class FreeplaySessionMiddleware:
         self.settings = settings
         self.resolver = resolver = SessionResolver(settings)
         self._header_key = resolver.header_key if resolver.environ_key else None
-        self._echo_key = resolver.header_key if resolver.echo_header else None
-        self._expose_header = (_EXPOSE, (resolver.expose_default or "").encode("latin-1"))
-        self._set_cookie = resolver.set_cookie
-        self._cookie_fragments = {
-            secure: tuple(part.encode("latin-1") for part in resolver.cookie_fragments(secure))
-            for secure in (False, True)
-        }
-        self._headers_cache: dict[bool, dict[str, tuple[tuple[bytes, bytes], ...]]] = {
-            False: {},
-            True: {},
-        }
-        self._known = resolver.known
+        self._echo = resolver.echo_header
+        self._built = resolver.built_raw_headers
         self._exclude_paths = resolver.exclude_paths
-        self._connection: Any = _connection_class() if resolver.wants_request else None
+        self._connection = request_factory() if resolver.wants_request else None
         self._baggage = resolver.baggage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
             if scope_type == "lifespan":
-                await self._lifespan(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+                send = flushing_lifespan(send)
+            await self.app(scope, receive, send)
             return
         if self._exclude_paths and scope["path"].startswith(self._exclude_paths):
             await self.app(scope, receive, send)
@@ -147,7 +140,7 @@ class FreeplaySessionMiddleware:
             except Exception:
                 if not response.started:
                     with contextlib.suppress(Exception):
-                        await self._server_error(send, binding, secure)
+                        await self._answer(send, SERVER_ERROR, binding, secure)
                 raise
             if response.held is not None:  # a start with no body message: still deliver it
                 await send(self._with_session(response.held, binding, secure))
@@ -186,88 +179,42 @@ class FreeplaySessionMiddleware:
         to a copy of its headers (the app's list may be reused across requests)."""
         headers = message.get("headers") or ()
         if binding.ended:  # end_session(): no header, and the cookie's expiry
-            headers = message["headers"] = list(headers)
-            if self._set_cookie:
-                cookie = self.resolver.cookie_header(binding, secure)
-                headers.append((_SET_COOKIE, cookie.encode("latin-1")))
+            message["headers"] = [*headers, *self.resolver.session_headers(None, secure, True)]
             return message
         token = binding.token
-        added = self._headers_cache[secure].get(token)  # a known token's: built once
+        added = self._built[secure].get(token)  # a returning client's: built once
         if added is None:
-            added = self._session_headers(token, secure)
-        if self._echo_key is not None:
-            for name, _ in headers:
-                if name == _EXPOSE:  # merge with the app's own (CORS) list (rare: no index kept)
+            added = self.resolver.session_headers(token, secure, True)
+        if self._echo:
+            for name, value in headers:
+                if name == _EXPOSE:  # the app's own (CORS) list (rare): ours is merged in
                     headers = message["headers"] = list(headers)
-                    self._merge_expose(headers)
+                    merged = self.resolver.expose(value.decode("latin-1"))
+                    if merged is not None:
+                        headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
                     headers += added[1:]  # all but the expose
                     return message
         message["headers"] = [*headers, *added]
         return message
 
-    def _merge_expose(self, headers: list[tuple[bytes, bytes]]) -> None:
-        for index, (name, value) in enumerate(headers):
-            if name == _EXPOSE:
-                merged = self.resolver.expose(value.decode("latin-1"))
-                if merged is not None:
-                    headers[index] = (name, merged.encode("latin-1"))
-                return
-
-    def _session_headers(self, token: str, secure: bool) -> tuple[tuple[bytes, bytes], ...]:
-        """The headers a response with no `Access-Control-Expose-Headers` of its own gets
-        for `token`, that header first when the ID is echoed. A token a client sent (one the
-        resolver knows) has them built once, in a cache bounded like the resolver's
-        (`KNOWN_VALUES`, then forgotten all at once) that `_with_session` reads first."""
-        raw = token.encode()  # ASCII (a UUID, or signed here): UTF-8 is the fast path
-        key = self._echo_key
-        added: tuple[tuple[bytes, bytes], ...]
-        if self._set_cookie:
-            prefix, suffix = self._cookie_fragments[secure]
-            cookie = (_SET_COOKIE, prefix + raw + suffix)
-            added = (cookie,) if key is None else (self._expose_header, (key, raw), cookie)
-        else:
-            added = () if key is None else (self._expose_header, (key, raw))
-        if token in self._known:  # a token a client sends back, not a new session's
-            cache = self._headers_cache[secure]
-            if len(cache) >= KNOWN_VALUES:
-                cache.clear()
-            cache[token] = added
-        return added
-
-    async def _server_error(self, send: Send, binding: SessionBinding, secure: bool) -> None:
-        start = {
-            "type": "http.response.start",
-            "status": 500,
-            "headers": list(_SERVER_ERROR_HEADERS),
-        }
-        await send(self._with_session(start, binding, secure))
-        await send({"type": "http.response.body", "body": _SERVER_ERROR})
+    async def _answer(
+        self, send: Send, answer: Answer, binding: SessionBinding | None, secure: bool
+    ) -> None:
+        """Send `answer` instead of the app's response (with the session's headers, if any)."""
+        start, body = answer_messages(answer)
+        await send(start if binding is None else self._with_session(start, binding, secure))
+        await send(body)
 
     async def _reject(
         self, scope: Scope, receive: Receive, send: Send, rejection: Rejection
     ) -> None:
-        if scope["type"] == "websocket":
-            await receive()  # websocket.connect
-            await send(
-                {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": rejection.reason}
-            )
+        if scope["type"] != "websocket":
+            await self._answer(send, rejection, None, False)
             return
+        await receive()  # websocket.connect
         await send(
-            {
-                "type": "http.response.start",
-                "status": rejection.status,
-                "headers": [(k.lower().encode(), v.encode()) for k, v in rejection.headers],
-            }
+            {"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": rejection.reason}
         )
-        await send({"type": "http.response.body", "body": rejection.body})
-
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_after_flush(message: Message) -> None:
-            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
-                await flush_at_shutdown()
-            await send(message)
-
-        await self.app(scope, receive, send_after_flush)
 
 
 class _Response:
@@ -299,27 +246,6 @@ class _Response:
                 self.held = None
                 await self.send(self.middleware._with_session(held, self.binding, self.secure))
         await self.send(message)
-
-
-def _connection_class() -> Any:
-    """What the hooks get as the request: Starlette's `HTTPConnection` if installed."""
-    try:
-        from starlette.requests import HTTPConnection
-    except ImportError:
-        return lambda scope: scope
-    return HTTPConnection
-
-
-def _take_app(args: tuple[Any, ...], options: dict[str, Any]) -> ASGIApp:
-    """The wrapped app, given first or as `app=`; a clear TypeError otherwise."""
-    if len(args) == 1 and "app" not in options:
-        return args[0]  # type: ignore[no-any-return]
-    if not args and "app" in options:
-        return options.pop("app")  # type: ignore[no-any-return]
-    raise TypeError(
-        "FreeplaySessionMiddleware takes the ASGI app as its one positional argument "
-        "(or app=), and every option by keyword"
-    )
 
 
 __getattr__ = deprecated_shutdown_constant(__name__)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._config import Settings
 from ._context import SessionBinding, bind, unbind
-from ._web import EXPOSE_HEADERS, Rejection, SessionResolver
+from ._web import EXPOSE_HEADERS, SERVER_ERROR, Rejection, SessionResolver
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -47,15 +47,10 @@ logger = logging.getLogger("freeplay_integrations")
 #: Logged (with the traceback) when the app raised and the middleware answered the 500.
 LOG_UNHANDLED = "freeplay_integrations: unhandled exception in the WSGI app; answered 500"
 #: Body of the middleware's own 500 answer.
-SERVER_ERROR_BODY = b"Internal Server Error"
+SERVER_ERROR_BODY = SERVER_ERROR.body
 
 _EXPOSE_LOWER = EXPOSE_HEADERS.lower()
 _EXPOSE_LENGTH = len(EXPOSE_HEADERS)
-_SERVER_ERROR_STATUS = "500 Internal Server Error"
-_SERVER_ERROR_HEADERS = (
-    ("Content-Type", "text/plain; charset=utf-8"),
-    ("Content-Length", str(len(SERVER_ERROR_BODY))),
-)
 
 #: Response iterables that are the whole body already (no code runs while they are sent).
 MADE = (list, tuple)
@@ -88,16 +83,12 @@ class FreeplaySessionMiddleware:
     def _configure(self, settings: Settings) -> None:
         self.settings = settings
         self.resolver = resolver = SessionResolver(settings)
-        self._cookie_fragments = {
-            secure: resolver.cookie_fragments(secure) for secure in (False, True)
-        }
         # Read on every request: taken from the resolver once.
         self._environ_key = resolver.environ_key
         self._exclude_paths = resolver.exclude_paths
         self._plain = not (resolver.wants_request or resolver.baggage)
-        self._echo_name = resolver.header_name if resolver.echo_header else None
-        self._expose_default = (EXPOSE_HEADERS, resolver.expose_default or "")
-        self._set_cookie = resolver.set_cookie
+        self._echo = resolver.echo_header
+        self._built = resolver.built_headers
 
     # -- hooks a framework adapter may override -----------------------------------------
 
@@ -165,38 +156,24 @@ class FreeplaySessionMiddleware:
         return response
 
     def _with_session(self, headers: Headers, binding: SessionBinding, secure: bool) -> Headers:
-        """A copy of `headers` plus `Access-Control-Expose-Headers`, the session header and
-        `Set-Cookie`."""
+        """A copy of `headers` plus the session's (`SessionResolver.session_headers`)."""
         if binding.ended:  # end_session(): no header, and the cookie's expiry
-            headers = list(headers)
-            if self._set_cookie:
-                headers.append(("Set-Cookie", self.resolver.cookie_header(binding, secure)))
-            return headers
+            return [*headers, *self.resolver.session_headers(None, secure)]
         token = binding.token
-        echo_name = self._echo_name
-        if echo_name is None:
-            headers = list(headers)
-        else:
+        added = self._built[secure].get(token)  # a returning client's: built once
+        if added is None:
+            added = self.resolver.session_headers(token, secure)
+        if self._echo:
             for name, value in headers:
                 if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
                     # The app's own (CORS) list (rare): ours is merged into it.
-                    headers = self._merge_expose(headers, (name, value))
-                    headers.append((echo_name, token))
-                    break
-            else:
-                headers = [*headers, self._expose_default, (echo_name, token)]
-        if self._set_cookie:
-            prefix, suffix = self._cookie_fragments[secure]
-            headers.append(("Set-Cookie", prefix + token + suffix))
-        return headers
-
-    def _merge_expose(self, headers: Headers, expose: tuple[str, str]) -> Headers:
-        """A copy of `headers` whose `expose` header (one of them) also names ours."""
-        headers = list(headers)
-        merged = self.resolver.expose(expose[1])
-        if merged is not None:
-            headers[headers.index(expose)] = (expose[0], merged)
-        return headers
+                    headers = list(headers)
+                    merged = self.resolver.expose(value)
+                    if merged is not None:
+                        headers[headers.index((name, value))] = (name, merged)
+                    headers += added[1:]  # all but the expose
+                    return headers
+        return [*headers, *added]
 
 
 class _Response:
@@ -327,7 +304,7 @@ class _Response:
             logger.error(LOG_UNHANDLED, exc_info=exc_info)
         finally:
             exc_info = None  # type: ignore[assignment]
-        self.status = _SERVER_ERROR_STATUS
-        self.headers = list(_SERVER_ERROR_HEADERS)
+        self.status = SERVER_ERROR.status_line
+        self.headers = list(SERVER_ERROR.headers)
         self._start()
         return [SERVER_ERROR_BODY]

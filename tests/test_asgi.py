@@ -212,6 +212,19 @@ def test_expose_headers_merge_with_the_apps_own(client: Freeplay) -> None:
     assert response.headers["access-control-expose-headers"] == "X-Other, X-Freeplay-Session-Id"
 
 
+def test_a_returning_clients_headers_are_the_same_on_every_response(client: Freeplay) -> None:
+    session_id = str(uuid.uuid4())
+    with TestClient(build_app(client)) as http:
+        for path in ("/cors", "/health", "/cors", "/health"):  # built once, then kept
+            response = http.get(path, headers={"X-Freeplay-Session-Id": session_id})
+            assert response.headers["x-freeplay-session-id"] == session_id
+            assert response.headers["set-cookie"].startswith(f"{COOKIE}={session_id};")
+            exposed = "X-Other, " if path == "/cors" else ""
+            assert response.headers.get_list("access-control-expose-headers") == [
+                exposed + "X-Freeplay-Session-Id"
+            ]
+
+
 @pytest.mark.parametrize(
     ("base_url", "option", "secure"),
     [

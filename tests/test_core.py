@@ -25,7 +25,13 @@ from freeplay_integrations import (
 )
 from freeplay_integrations._config import Settings
 from freeplay_integrations._ids import MAX_ID_LENGTH, Signer, parse_session_id
-from freeplay_integrations._web import Rejection, SessionResolver, cookie_value
+from freeplay_integrations._web import (
+    KNOWN_VALUES,
+    SERVER_ERROR,
+    Rejection,
+    SessionResolver,
+    cookie_value,
+)
 from freeplay_integrations.local import DEFAULT_PROJECT_ID as PROJECT_ID
 
 API_BASE = "http://127.0.0.1:9/api"  # never contacted: creating sessions makes no HTTP call
@@ -214,6 +220,76 @@ def test_resolver_rejects_an_invalid_id_when_configured(client: Freeplay) -> Non
     assert result.status == 400
     assert result.source == "cookie"
     assert b"zz" not in result.body
+
+
+def test_session_headers_are_the_expose_the_echo_and_the_cookie_in_each_form(
+    client: Freeplay,
+) -> None:
+    resolver = SessionResolver(settings(client))
+    token = str(uuid.uuid4())
+    headers = resolver.session_headers(token, False)
+    assert [name for name, _ in headers] == [
+        "Access-Control-Expose-Headers",
+        "X-Freeplay-Session-Id",
+        "Set-Cookie",
+    ]
+    assert headers[0][1] == "X-Freeplay-Session-Id" and headers[1][1] == token
+    assert headers[2][1].startswith(f"freeplay_session_id={token}; Max-Age=")
+    assert "Secure" not in headers[2][1]
+    assert resolver.session_headers(token, True)[2][1].endswith("; Secure")
+    raw = resolver.session_headers(token, False, raw=True)
+    assert raw == tuple((name.lower().encode(), value.encode("latin-1")) for name, value in headers)
+    ended = resolver.session_headers(None, False)
+    assert len(ended) == 1 and ended[0][0] == "Set-Cookie"
+    assert ended[0][1].startswith("freeplay_session_id=; Max-Age=0; Expires=Thu, 01 Jan 1970")
+    expiry = ((b"set-cookie", ended[0][1].encode()),)
+    assert resolver.session_headers(None, False, raw=True) == expiry
+
+
+def test_session_headers_follow_the_echo_and_cookie_options(client: Freeplay) -> None:
+    token = str(uuid.uuid4())
+    no_echo = SessionResolver(settings(client, echo_header=False))
+    assert [name for name, _ in no_echo.session_headers(token, False)] == ["Set-Cookie"]
+    no_cookie = SessionResolver(settings(client, set_cookie=False))
+    assert [name for name, _ in no_cookie.session_headers(token, False)] == [
+        "Access-Control-Expose-Headers",
+        "X-Freeplay-Session-Id",
+    ]
+    assert no_cookie.session_headers(None, False) == ()
+    neither = SessionResolver(settings(client, echo_header=False, set_cookie=False))
+    assert neither.session_headers(token, False) == ()
+
+
+def test_session_headers_are_kept_for_returning_clients_only_and_bounded(
+    client: Freeplay,
+) -> None:
+    resolver = SessionResolver(settings(client))
+    new = resolver.resolve(None, None, None)
+    assert not isinstance(new, Rejection)
+    resolver.session_headers(new.token, False)
+    resolver.session_headers(new.token, False, raw=True)
+    assert resolver.built_headers[False] == {} and resolver.built_raw_headers[False] == {}
+    returning = str(uuid.uuid4())
+    assert resolver.parse(returning) == returning
+    text = resolver.session_headers(returning, False)
+    raw = resolver.session_headers(returning, True, raw=True)
+    assert resolver.built_headers[False] == {returning: text}
+    assert resolver.built_raw_headers[True] == {returning: raw}
+    for _ in range(KNOWN_VALUES + 10):
+        token = str(uuid.uuid4())
+        resolver.parse(token)
+        resolver.session_headers(token, False)
+    assert 0 < len(resolver.built_headers[False]) <= KNOWN_VALUES
+
+
+def test_the_server_error_answer_in_each_form() -> None:
+    assert SERVER_ERROR.status_line == "500 Internal Server Error"
+    assert SERVER_ERROR.body == b"Internal Server Error"
+    assert dict(SERVER_ERROR.headers)["Content-Length"] == str(len(SERVER_ERROR.body))
+    assert SERVER_ERROR.raw_headers == (
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"21"),
+    )
 
 
 def test_cookie_value_parsing() -> None:

@@ -239,6 +239,22 @@ def test_expose_headers_merged_with_the_apps(make: Callable[..., Any]) -> None:
     assert served.header(EXPOSE_HEADERS) == f"X-Request-Id, {HEADER}"
 
 
+@pytest.mark.parametrize("listed", ["*", "x-freeplay-session-id, X-Other"])
+def test_an_expose_list_that_names_the_header_already_is_kept(
+    make: Callable[..., Any], listed: str
+) -> None:
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
+        start_response("200 OK", [("Access-Control-Expose-Headers", listed)])
+        return [b"ok"]
+
+    middleware, session_id = make(app), str(uuid.uuid4())
+    for _ in range(2):  # the second answer is the returning client's kept headers
+        served = serve(middleware, make_environ(header=session_id))
+        assert served.all(EXPOSE_HEADERS) == [listed]
+        assert served.header(HEADER) == session_id
+        assert served.header("Set-Cookie").startswith(f"{COOKIE}={session_id};")
+
+
 def test_header_and_cookie_can_be_turned_off(make: Callable[..., Any]) -> None:
     served = serve(make(echo_header=False, set_cookie=False))
     assert served.header(HEADER) is None

@@ -158,9 +158,33 @@ class _FlaskMiddleware(FreeplaySessionMiddleware):
         return bool(propagate)
 
     def _is_made(self, app_iter: Iterable[bytes]) -> bool:
-        if type(app_iter) is ClosingIterator:
-            return _sends_no_app_code(app_iter)
-        return type(app_iter) in MADE
+        """Also true of what Flask returns for a body it already holds (a view's string,
+        `jsonify`, ...): a `ClosingIterator` over `Response.iter_encoded()`, closed by
+        `Response.close`. Sending that runs code only for a streamed body or a
+        `call_on_close` callback. Anything else, or a Werkzeug whose internals differ
+        (`_callbacks`, `_on_close`), is treated as code: each step runs with the session
+        bound, as for any WSGI app."""
+        if type(app_iter) is not ClosingIterator:
+            return type(app_iter) in MADE
+        try:  # (attribute reads under one `try`: `getattr` with a default costs more)
+            close: Any
+            _, close = app_iter._callbacks  # the generator's close, then the response's
+            response = close.__self__
+            kind = type(response)
+            if kind not in _plain_responses:
+                if not isinstance(response, _WerkzeugResponse) or any(
+                    getattr(kind, name) is not getattr(_WerkzeugResponse, name)
+                    for name in _WERKZEUG_METHODS
+                ):
+                    return False
+                _plain_responses.add(kind)
+            return (
+                close.__func__ is _WerkzeugResponse.close
+                and type(response.response) in MADE
+                and not response._on_close
+            )
+        except (AttributeError, TypeError, ValueError):  # not two callbacks, or no method
+            return False
 
     def _request(self, environ: WSGIEnvironment) -> Any:
         # For `session_metadata` and `authorize_session`: a shallow request, whose headers,
@@ -172,38 +196,6 @@ class _FlaskMiddleware(FreeplaySessionMiddleware):
 #: Response classes whose `get_app_iter`, `iter_encoded` and `close` are Werkzeug's own.
 _plain_responses: set[type] = set()
 _WERKZEUG_METHODS = ("get_app_iter", "iter_encoded", "close")
-
-
-def _sends_no_app_code(app_iter: ClosingIterator) -> bool:
-    """Whether sending a Werkzeug response's iterable runs none of the app's code.
-
-    What Flask returns for a body it already holds (a view's string, `jsonify`, ...) is a
-    `ClosingIterator` over `Response.iter_encoded()`, closed by `Response.close`: sending
-    it runs code only for a streamed body or a `call_on_close` callback. Anything else,
-    or a Werkzeug whose internals differ (`_callbacks`, `_on_close`), is treated as code
-    and each step is run with the session bound, as for any WSGI app.
-    """
-    try:  # (attribute reads under one `try`: `getattr` with a default costs more)
-        callbacks = app_iter._callbacks
-        if type(callbacks) is not list or len(callbacks) != 2:
-            return False
-        close: Any = callbacks[1]
-        response = close.__self__
-        kind = type(response)
-        if kind not in _plain_responses:
-            if not isinstance(response, _WerkzeugResponse) or any(
-                getattr(kind, name) is not getattr(_WerkzeugResponse, name)
-                for name in _WERKZEUG_METHODS
-            ):
-                return False
-            _plain_responses.add(kind)
-        return (
-            close.__func__ is _WerkzeugResponse.close
-            and type(response.response) in MADE
-            and not response._on_close
-        )
-    except AttributeError:
-        return False
 
 
 class _SessionProxy:

@@ -155,26 +155,6 @@ class FreeplaySessionMiddleware:
             unbind(token)
         return response
 
-    def _with_session(self, headers: Headers, binding: SessionBinding, secure: bool) -> Headers:
-        """A copy of `headers` plus the session's (`SessionResolver.session_headers`)."""
-        if binding.ended:  # end_session(): no header, and the cookie's expiry
-            return [*headers, *self.resolver.session_headers(None, secure)]
-        token = binding.token
-        added = self._built[secure].get(token)  # a returning client's: built once
-        if added is None:
-            added = self.resolver.session_headers(token, secure)
-        if self._echo:
-            for name, value in headers:
-                if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
-                    # The app's own (CORS) list (rare): ours is merged into it.
-                    headers = list(headers)
-                    merged = self.resolver.expose(value)
-                    if merged is not None:
-                        headers[headers.index((name, value))] = (name, merged)
-                    headers += added[1:]  # all but the expose
-                    return headers
-        return [*headers, *added]
-
 
 class _Response:
     """One request's response: the app's `start_response`, and the iterable the server gets.
@@ -286,13 +266,32 @@ class _Response:
         return _END
 
     def _start(self) -> None:
+        """Send the app's status and headers, with the session's as they are now (the
+        resolver's `session_headers`), to the server."""
         if self.status is None:
             raise RuntimeError(
                 "The WSGI application returned its body without calling start_response()."
             )
         self.started = True
-        headers = self.middleware._with_session(self.headers, self.binding, self.secure)
-        self.real_write = self.real_start_response(self.status, headers)
+        headers, binding, middleware = self.headers, self.binding, self.middleware
+        if binding.ended:  # end_session(): no header, and the cookie's expiry
+            added = middleware.resolver.session_headers(None, self.secure)
+            self.real_write = self.real_start_response(self.status, [*headers, *added])
+            return
+        token = binding.token
+        kept = middleware._built[self.secure].get(token)  # a returning client's: built once
+        added = middleware.resolver.session_headers(token, self.secure) if kept is None else kept
+        if middleware._echo:
+            for name, value in headers:
+                if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
+                    # The app's own (CORS) list (rare): ours is merged into it, once.
+                    headers = list(headers)
+                    merged = middleware.resolver.expose(value)
+                    if merged is not None:
+                        headers[headers.index((name, value))] = (name, merged)
+                    added = added[1:]
+                    break
+        self.real_write = self.real_start_response(self.status, [*headers, *added])
 
     def server_error(self, exc_info: OptExcInfo) -> list[bytes]:
         """Log the app's exception and answer a plain 500 that carries the session.

@@ -1,17 +1,23 @@
 """Per-request cost of the Flask extension over a bare Flask view, and of the WSGI middleware.
 
 Requests are driven straight through the WSGI interface (call, iterate the body, close), so
-the figures are the integration's own cost, without a server or a network. Each case runs
-several rounds, interleaved so that machine noise hits every case alike; the median round
-is reported. Creating or resuming a session makes no HTTP call, so no Freeplay is needed.
+the figures are the integration's own cost, without a server or a network. Creating or
+resuming a session makes no HTTP call, so no Freeplay is needed.
 
-    .venv/bin/python bench/flask_overhead.py [--requests 20000] [--rounds 7] [--clock wall|process]
+Each round runs every case once, in a shuffled order, for `--requests` requests. A case's
+overhead is taken per round, against its bare case in the same round (paired), so that
+the slow drifts of a shared machine cancel; the median of those differences is reported,
+with their interquartile range as the run's noise. Many short rounds (the default: 151 of
+1,000 requests) estimate the median better than a few long ones.
+
+    .venv/bin/python bench/flask_overhead.py [--requests 1000] [--rounds 151] [--clock wall|process]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import random
 import statistics
 import time
 import uuid
@@ -110,8 +116,8 @@ def run(app: WSGIApp, path: str, headers: dict[str, str], requests: int) -> floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--requests", type=int, default=1_000)
+    parser.add_argument("--rounds", type=int, default=151)
     parser.add_argument("--clock", choices=("wall", "process"), default="wall")
     args = parser.parse_args()
     if args.clock == "process":
@@ -139,23 +145,31 @@ def main() -> None:
     rounds: dict[str, list[float]] = {name: [] for name in cases}
     for app, path, headers, _ in cases.values():  # warm-up
         run(app, path, headers, 500)
+    names = list(cases)
+    shuffle = random.Random(0).shuffle
     for _ in range(args.rounds):
-        for name, (app, path, headers, _) in cases.items():
+        shuffle(names)
+        for name in names:
+            app, path, headers, _ = cases[name]
             rounds[name].append(run(app, path, headers, args.requests))
 
-    per_request = {name: statistics.median(values) for name, values in rounds.items()}
-    fastest = {name: min(values) for name, values in rounds.items()}
-    print(f"{args.requests} requests x {args.rounds} rounds per case, median round\n")
-    print(f"{'case':44} {'us/request':>10} {'overhead us':>12} {'ratio':>6} {'fastest':>8}")
+    print(f"{args.requests} requests x {args.rounds} rounds per case, shuffled in each round")
+    print("overhead: the median over rounds of (case - its bare case in the same round)\n")
+    print(f"{'case':44} {'us/request':>10} {'overhead us':>12} {'IQR':>14} {'ratio':>6}")
+    ratio = 0.0
     for name, (_, _, _, base_name) in cases.items():
-        value = per_request[name]
+        value = statistics.median(rounds[name])
         if not base_name:
-            print(f"{name:44} {value:10.2f} {'':>12} {'1.00':>6}")
+            print(f"{name:44} {value:10.2f} {'':>12} {'':>14} {'1.00':>6}")
             continue
-        base = per_request[base_name]
-        fast = fastest[name] - fastest[base_name]
-        print(f"{name:44} {value:10.2f} {value - base:12.2f} {value / base:6.2f} {fast:8.2f}")
-    ratio = per_request["Flask + FreeplaySessions, valid ID"] / per_request["bare Flask view"]
+        paired = [x - y for x, y in zip(rounds[name], rounds[base_name], strict=True)]
+        low, _, high = statistics.quantiles(paired, n=4)
+        overhead = statistics.median(paired)
+        base = statistics.median(rounds[base_name])
+        spread = f"{low:.2f}..{high:.2f}"
+        print(f"{name:44} {value:10.2f} {overhead:12.2f} {spread:>14} {1 + overhead / base:6.2f}")
+        if name == "Flask + FreeplaySessions, valid ID":
+            ratio = 1 + overhead / base
     print(f"\nFlask per-request ratio, with FreeplaySessions / bare view (valid ID): {ratio:.2f}")
 
 

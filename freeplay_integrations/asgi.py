@@ -93,6 +93,7 @@ class FreeplaySessionMiddleware:
         self._exclude_paths = resolver.exclude_paths
         self._connection = request_factory() if resolver.wants_request else None
         self._baggage = resolver.baggage
+        self._plain = self._connection is None and not self._baggage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -115,7 +116,7 @@ class FreeplaySessionMiddleware:
             elif name == _COOKIE:
                 text = value.decode("latin-1")
                 cookie_header = text if cookie_header is None else f"{cookie_header}; {text}"
-        if self._connection is None and not self._baggage:  # the default: nothing more to read
+        if self._plain:  # the default: no hooks, no baggage, nothing more to read
             binding = self.resolver.resolve(header_value, cookie_header, None)
         else:
             binding = self._resolve_with(scope, header_value, cookie_header)

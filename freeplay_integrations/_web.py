@@ -242,7 +242,9 @@ class SessionResolver:
 
     Everything that depends only on settings is computed here once, not per request; the
     adapters read it from here (`header_name`, `header_key`, `environ_key`, `wants_request`,
-    `echo_header`, `set_cookie`) and write what `echo`, `expose` and `cookie` return.
+    `echo_header`, `set_cookie`) and write what it returns: `session_headers` (with
+    `expose` for an app's own expose list) where headers are raw (WSGI, ASGI); `echo`,
+    `expose` and the structured `cookie` where the framework writes them (Django).
     """
 
     __slots__ = (

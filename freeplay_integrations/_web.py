@@ -504,6 +504,18 @@ class SessionResolver:
             return None
         return f"{existing}, {header}"
 
+    def merge_expose(self, headers: Any, found: Any, added: Any, raw: bool = False) -> list[Any]:
+        """A copy of a response's `headers` whose expose header `found` (the app's own, one
+        of `headers`) also names the session header (`expose`), plus the session's `added`
+        headers but their own expose (`session_headers`' first). `raw`: ASGI's bytes."""
+        copy: list[Any] = list(headers)
+        name, value = found
+        merged = self.expose(value.decode("latin-1") if raw else value)
+        if merged is not None:
+            copy[copy.index(found)] = (name, merged.encode("latin-1") if raw else merged)
+        copy += added[1:]
+        return copy
+
     @overload
     def session_headers(
         self, token: str | None, secure: bool, raw: Literal[False] = False

@@ -31,7 +31,7 @@ from ._asgi import (
 )
 from ._config import Settings, deprecated_shutdown_constant
 from ._context import SessionBinding, bind, unbind
-from ._web import SERVER_ERROR, Answer, Rejection, SessionResolver
+from ._web import EXPOSE_HEADERS, SERVER_ERROR, Answer, Rejection, SessionResolver
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -44,7 +44,7 @@ __all__ = ["WS_POLICY_VIOLATION", "FreeplaySessionMiddleware"]
 WS_POLICY_VIOLATION = 1008
 
 _SECURE_SCHEMES = frozenset({"https", "wss"})
-_EXPOSE = b"access-control-expose-headers"
+_EXPOSE = EXPOSE_HEADERS.lower().encode("latin-1")
 _COOKIE = b"cookie"
 
 
@@ -189,11 +189,8 @@ class FreeplaySessionMiddleware:
         if self._echo:
             for name, value in headers:
                 if name == _EXPOSE:  # the app's own (CORS) list (rare): ours is merged in
-                    headers = message["headers"] = list(headers)
-                    merged = self.resolver.expose(value.decode("latin-1"))
-                    if merged is not None:
-                        headers[headers.index((name, value))] = (name, merged.encode("latin-1"))
-                    headers += added[1:]  # all but the expose
+                    found = (name, value)
+                    message["headers"] = self.resolver.merge_expose(headers, found, added, True)
                     return message
         message["headers"] = [*headers, *added]
         return message

@@ -285,12 +285,9 @@ class _Response:
             for name, value in headers:
                 if len(name) == _EXPOSE_LENGTH and name.lower() == _EXPOSE_LOWER:
                     # The app's own (CORS) list (rare): ours is merged into it, once.
-                    headers = list(headers)
-                    merged = middleware.resolver.expose(value)
-                    if merged is not None:
-                        headers[headers.index((name, value))] = (name, merged)
-                    added = added[1:]
-                    break
+                    merged = middleware.resolver.merge_expose(headers, (name, value), added)
+                    self.real_write = self.real_start_response(self.status, merged)
+                    return
         self.real_write = self.real_start_response(self.status, [*headers, *added])
 
     def server_error(self, exc_info: OptExcInfo) -> list[bytes]:

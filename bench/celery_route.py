@@ -21,6 +21,9 @@ round so that no case always runs first:
   without this package's route (also returns once Redis holds the message);
 - each of those over TCP loopback (`redis://127.0.0.1:PORT/0`) and over the unix
   socket (`redis+socket:///.../redis.sock`);
+- `send only`: the same bytes as an LPUSH written to a socket of its own, its replies read
+  by another thread, so the call returns once the kernel holds the command, not once
+  Redis replied: the floor a route that confirms later (pipelined) would have;
 - `in-process`: `record()` on the default route (the recorder's own queue and threads),
   for comparison; Freeplay is the local server;
 - the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
@@ -37,9 +40,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,6 +85,24 @@ class ApplyAsyncRoute:
     def submit(self, op: Any) -> bool:
         self._task.apply_async(args=(op.to_json(),))
         return True
+
+
+class SendOnly:
+    """LPUSH commands written to a connected socket; a daemon thread reads the replies."""
+
+    def __init__(self, sock: socket.socket, key: str) -> None:
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._head = b"*3\r\n$5\r\nLPUSH\r\n$%d\r\n%s\r\n$" % (len(key), key.encode())
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while self._sock.recv(65536):
+            pass
+
+    def __call__(self, value: bytes) -> None:
+        self._sock.sendall(b"%s%d\r\n%s\r\n" % (self._head, len(value), value))
 
 
 def _time(call: Callable[[int], object], n: int) -> list[float]:
@@ -161,6 +184,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases[f"own lpush {transport}"] = lambda o=own, m=message: _calls(
                 lambda: o(m), args.records
             )
+            sock = (
+                socket.create_connection(("127.0.0.1", server.port))
+                if transport == "tcp"
+                else socket.socket(socket.AF_UNIX)
+            )
+            if transport == "unix":
+                sock.connect(server.socket_path)
+            sender = SendOnly(sock, QUEUE)
+            cases[f"send only {transport}"] = lambda s=sender, m=message: _calls(
+                lambda: s(m), args.records
+            )
             cases[f"route {transport}"] = lambda c=routed: _records(c, args.records)
             cases[f"route, no spin {transport}"] = lambda c=sleeper: _records(c, args.records)
             cases[f"apply_async {transport}"] = lambda c=naive: _records(c, args.records)
@@ -215,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for transport in ("tcp", "unix"):
         route, sleeper = f"route {transport}", f"route, no spin {transport}"
         print(f"  {route} / {sleeper}: {ratio(route, sleeper)}")
+    for transport in ("tcp", "unix"):
+        route, sent = f"route {transport}", f"send only {transport}"
+        print(f"  {sent} / {route}: {ratio(sent, route)}")
     for case in ("lpush", "own lpush", "route"):
         print(f"  {case} unix / {case} tcp: {ratio(f'{case} unix', f'{case} tcp')}")
     before = ("record() alone", "op.to_json_text()", "envelope")

@@ -11,11 +11,14 @@ round so that no case always runs first:
 - `lpush`: a bare redis-py `Redis.lpush` of the bytes the route writes for one
   `record()` (one round trip to Redis, through redis-py's connection pool);
 - `own lpush`: the same bytes through the route's own LPUSH (its kept connections, its
-  default reply spin);
+  default reply spin; pipelined over the unix socket);
 - `route`: `record()` (a two-message completion inside `session_scope`) with
-  `configure_recording(via=app)`; it returns once Redis holds the message;
+  `configure_recording(via=app)`; over TCP it returns once Redis replied, over the unix
+  socket once the kernel holds the command in Redis's receive queue (the replies are read
+  by the route's own thread: a process killed then loses nothing);
 - `route, no spin`: the same with `CeleryRoute(app, reply_spin=0)`: the thread sleeps on
-  Redis's reply at once instead of polling for it first;
+  Redis's reply at once instead of polling for it first (over TCP: the unix socket's
+  publishes do not wait for a reply, so there it is the same as `route`);
 - `apply_async`: `record()` with a route that calls Celery's own
   `task.apply_async(args=(op.to_json(),))` on the delivery task, what a user would write
   without this package's route (also returns once Redis holds the message);
@@ -23,7 +26,7 @@ round so that no case always runs first:
   socket (`redis+socket:///.../redis.sock`);
 - `send only`: the same bytes as an LPUSH written to a socket of its own, its replies read
   by another thread, so the call returns once the kernel holds the command, not once
-  Redis replied: the floor a route that confirms later (pipelined) would have;
+  Redis replied: the floor of a pipelined publish;
 - `in-process`: `record()` on the default route (the recorder's own queue and threads),
   for comparison; Freeplay is the local server;
 - the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
@@ -140,6 +143,10 @@ def _load() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _never_handed_back(ops: list[Any], reason: str) -> None:
+    raise AssertionError(f"Redis did not confirm {len(ops)} messages: {reason}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -165,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with LocalFreeplay() as freeplay, RedisServer() as server:
         cases: dict[str, Callable[[], list[float]]] = {}
         inspect = server.client()
+        null, alone = NullRoute(), freeplay.client()
+        configure_recording(alone, via=null)
+        _records(alone, 1)
         for transport, url, bare in (
             ("tcp", server.url, redis.Redis(host="127.0.0.1", port=server.port)),
             ("unix", server.socket_url, redis.Redis(unix_socket_path=server.socket_path)),
@@ -177,12 +187,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_recording(naive, via=ApplyAsyncRoute(task))
             _records(routed, 1)
             message = inspect.lindex(QUEUE, 0)  # the bytes the route wrote for one record()
-            own = _redis_lpush(app, QUEUE, 1.0, DEFAULT_REPLY_SPIN)
+            own = _redis_lpush(app, QUEUE, 1.0, DEFAULT_REPLY_SPIN, _never_handed_back)
             cases[f"lpush {transport}"] = lambda r=bare, m=message: _calls(
                 lambda: r.lpush(QUEUE, m), args.records
             )
-            cases[f"own lpush {transport}"] = lambda o=own, m=message: _calls(
-                lambda: o(m), args.records
+            cases[f"own lpush {transport}"] = lambda o=own, m=message, op=null.op: _calls(
+                lambda: o(m, op), args.records
             )
             sock = (
                 socket.create_connection(("127.0.0.1", server.port))
@@ -200,9 +210,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cases[f"apply_async {transport}"] = lambda c=naive: _records(c, args.records)
         local = freeplay.client()
         cases["in-process"] = lambda: _records(local, args.records)
-        null, alone = NullRoute(), freeplay.client()
-        configure_recording(alone, via=null)
-        _records(alone, 1)
         op, envelope = null.op, _Envelope(QUEUE, "0@bench")
         op_text = op.to_json_text()
         cases["record() alone"] = lambda: _records(alone, args.records)

@@ -29,6 +29,7 @@ from celery import Celery
 
 from bench.celery_apps import RedisServer, Web, Worker, wait_until
 from freeplay_integrations import (
+    _celery_route,
     configure_recording,
     record,
     record_feedback,
@@ -335,28 +336,143 @@ def test_a_connection_closed_while_idle_is_replaced_without_falling_back(
         assert route.refused == 1
 
 
+@pytest.mark.parametrize("family", ["tcp", "unix"])
 def test_an_error_reply_from_redis_falls_back_to_in_process_delivery(
-    freeplay: LocalFreeplay, redis_server: RedisServer
+    freeplay: LocalFreeplay, redis_server: RedisServer, family: str
 ) -> None:
     inspect = redis_server.client()
     inspect.set("not-a-list", "x")  # LPUSH onto it: -WRONGTYPE
-    route = CeleryRoute(Celery("web", broker=redis_server.url), queue="not-a-list")
+    broker = redis_server.url if family == "tcp" else redis_server.socket_url
+    route = CeleryRoute(Celery("web", broker=broker), queue="not-a-list")
     client = _routed_client(freeplay, route)
     _, ids = _record_some(client, 2)
+    assert route.flush(time.monotonic() + 10)
     freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=20)
-    assert (route.published, route.refused) == (0, 2)
+    if family == "tcp":  # refused on the spot
+        assert (route.published, route.refused, route.handed_back) == (0, 2, 0)
+    else:  # written, refused by Redis afterwards, handed back; the broker then left alone
+        assert route.published == 0 and route.handed_back >= 1
+        assert route.handed_back + route.refused == 2
     assert inspect.get("not-a-list") == b"x"
     inspect.delete("not-a-list")
 
 
+# -- pipelined publishes (a unix socket) --------------------------------------------------
+
+
+def test_over_a_unix_socket_publishes_are_confirmed_in_the_background(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    route = CeleryRoute(Celery("web", broker=redis_server.socket_url), queue="pipelined")
+    client = _routed_client(freeplay, route)
+    _record_some(client, 200)
+    assert route.flush(time.monotonic() + 10)  # every message confirmed
+    assert (route.published, route.refused, route.handed_back) == (200, 0, 0)
+    assert redis_server.client().llen("pipelined") == 200
+    assert freeplay.completions() == []  # none went in-process
+    redis_server.client().delete("pipelined")
+
+
+@pytest.mark.parametrize("how", ["connection killed", "no reply within publish_timeout"])
+def test_messages_written_but_not_confirmed_are_delivered_in_process(
+    freeplay: LocalFreeplay, redis_server: RedisServer, how: str
+) -> None:
+    inspect = redis_server.client()
+    queue = f"unconfirmed-{how.split()[0]}"
+    timeout = 60.0 if how == "connection killed" else 0.3
+    route = CeleryRoute(
+        Celery("web", broker=redis_server.socket_url), queue=queue, publish_timeout=timeout
+    )
+    client = _routed_client(freeplay, route)
+    _record_some(client, 1)  # the connection is open and idle
+    assert route.flush(time.monotonic() + 10)
+    inspect.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")  # LPUSH waits; others run
+    try:
+        with session_scope(client, project_id=PROJECT):
+            ids = [str(record(all_messages=MESSAGES).completion_id) for _ in range(5)]
+        assert route.refused == 0  # all five written: record() did not wait
+        if how == "connection killed":  # the route's connection: the newest on the socket
+            ours = max(int(c["id"]) for c in inspect.client_list() if "U" in c["flags"])
+            assert inspect.execute_command("CLIENT", "KILL", "ID", ours) == 1
+        freeplay.wait_for(lambda: set(ids) <= set(_stored_ids(freeplay)), timeout=20)
+    finally:
+        inspect.execute_command("CLIENT", "UNPAUSE")
+    assert route.handed_back == 5 and route.published == 1
+    inspect.delete(queue)
+
+
+def test_past_its_unconfirmed_budget_a_connection_sends_to_the_in_process_route(
+    freeplay: LocalFreeplay, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_celery_route, "MAX_UNCONFIRMED", 3)
+    inspect = redis_server.client()
+    route = CeleryRoute(
+        Celery("web", broker=redis_server.socket_url), queue="budget", publish_timeout=60
+    )
+    client = _routed_client(freeplay, route)
+    inspect.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        with session_scope(client, project_id=PROJECT):
+            ids = [str(record(all_messages=MESSAGES).completion_id) for _ in range(5)]
+        assert route.refused == 2  # the fourth and fifth: in-process, at once
+        freeplay.wait_for(lambda: len(_stored_ids(freeplay)) == 2, timeout=20)
+        assert set(_stored_ids(freeplay)) == set(ids[3:])
+    finally:
+        inspect.execute_command("CLIENT", "UNPAUSE")
+    assert route.flush(time.monotonic() + 10) and route.published == 3
+    assert inspect.llen("budget") == 3
+    inspect.delete("budget")
+
+
+def test_a_flush_hands_back_what_redis_has_not_confirmed_by_its_deadline(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    inspect = redis_server.client()
+    route = CeleryRoute(
+        Celery("web", broker=redis_server.socket_url), queue="flushed", publish_timeout=60
+    )
+    client = _routed_client(freeplay, route)
+    inspect.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        _record_some(client, 4)
+        started = time.monotonic()
+        assert recorder_for(client).flush(timeout=0.5) is False
+        assert time.monotonic() - started < 2.0
+        assert route.handed_back == 4  # in-process now: delivered there, or spooled
+        stats = recorder_for(client).stats()
+        assert stats.queued + stats.spooled >= 4
+    finally:
+        inspect.execute_command("CLIENT", "UNPAUSE")
+    inspect.delete("flushed")
+
+
+def test_a_forked_child_confirms_over_a_unix_socket_of_its_own(
+    freeplay: LocalFreeplay, redis_server: RedisServer
+) -> None:
+    op = _one_operation(freeplay)
+    inspect = redis_server.client()
+    route = CeleryRoute(Celery("web", broker=redis_server.socket_url), queue="forked-unix")
+    assert route.submit(op) and route.flush(time.monotonic() + 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads running
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = route.submit(op) and route.flush(time.monotonic() + 10) and route.published == 1
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert route.submit(op) and route.flush(time.monotonic() + 10)
+    assert route.published == 2  # the child's confirmation was counted in the child
+    assert inspect.llen("forked-unix") == 3
+    inspect.delete("forked-unix")
+
+
 @pytest.mark.parametrize("reply_spin", [0, 0.001])
-def test_a_publish_waits_for_the_reply_whether_it_spins_or_not(
+def test_a_publish_over_tcp_waits_for_the_reply_whether_it_spins_or_not(
     freeplay: LocalFreeplay, redis_server: RedisServer, reply_spin: float
 ) -> None:
     queue = f"spin-{reply_spin}"
-    route = CeleryRoute(
-        Celery("web", broker=redis_server.socket_url), queue=queue, reply_spin=reply_spin
-    )
+    route = CeleryRoute(Celery("web", broker=redis_server.url), queue=queue, reply_spin=reply_spin)
     op = _one_operation(freeplay)
     for n in range(1, 51):
         assert route.submit(op)
@@ -458,10 +574,16 @@ def _load(url: str, stop: threading.Event, per_request: int) -> None:
                 return  # the process is gone
 
 
+@pytest.mark.parametrize("family", ["tcp", "unix"])
 def test_a_web_process_sigkilled_mid_run_loses_nothing_it_accepted(
-    freeplay: LocalFreeplay, worker: Worker, redis_server: RedisServer, workdir: Path
+    freeplay: LocalFreeplay,
+    worker: Worker,
+    redis_server: RedisServer,
+    workdir: Path,
+    family: str,
 ) -> None:
-    with Web(freeplay.env(), redis_server.url, workdir, via="celery") as web:
+    broker = redis_server.url if family == "tcp" else redis_server.socket_url
+    with Web(freeplay.env(), broker, workdir, via="celery") as web:
         stop = threading.Event()
         threads = [threading.Thread(target=_load, args=(web.url, stop, 10)) for _ in range(3)]
         for thread in threads:

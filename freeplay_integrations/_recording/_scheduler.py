@@ -95,7 +95,14 @@ LATE_REASON = "recorded after the exit flush"
 
 @runtime_checkable
 class Route(Protocol):
-    """Another way to deliver: `submit(op)` returns True when it took the operation."""
+    """Another way to deliver: `submit(op)` returns True when it took the operation.
+
+    A route may also have `attach(recorder)`, called when it becomes the recorder's route
+    (it may later hand back, with `recorder.submit(op)`, what it took and could not deliver,
+    provided its own `submit` then declines it), and `flush(deadline)`, called by the
+    recorder's `flush` and exit flush before its own, to settle what it took (`deadline` a
+    `time.monotonic()` value, or None).
+    """
 
     def submit(self, op: Operation) -> bool: ...
 
@@ -292,6 +299,9 @@ class Recorder:
             self._route = None
         elif callable(getattr(via, "submit", None)):
             self._route = via  # type: ignore[assignment]
+            attach = getattr(via, "attach", None)
+            if callable(attach):
+                attach(self)
         elif hasattr(via, "send_task") and hasattr(via, "conf"):
             try:
                 from .. import _celery_route
@@ -895,7 +905,12 @@ class Recorder:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is handled; spool what is left at `timeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._flush(self._target(), deadline)
+        settled = self._flush_route(deadline)
+        return self._flush(self._target(), deadline) and settled
+
+    def _flush_route(self, deadline: float | None) -> bool:
+        flush = getattr(self._route, "flush", None)
+        return bool(flush(deadline)) if callable(flush) else True
 
     def _reached(self, target: int) -> bool:
         live = self._live
@@ -929,15 +944,17 @@ class Recorder:
         thread: nothing recorded after the flush stays in memory to die with the process.
         A drain of the spool stops sending and puts back what it holds (a drain cut short
         by the exit would leave it under another name). Returns True when everything was
-        delivered.
+        delivered. A route settles first (`Route`): what it hands back is delivered here.
         """
+        settled = self._flush_route(deadline)
         with self._cond:
             self._exiting = True
             done = self._wait_locked(
                 lambda: not (self._live or self._intake or self._draining), deadline
             )
             self._closed = True
-        return self._sweep("not delivered before the shutdown timeout") == 0 and done
+        swept = self._sweep("not delivered before the shutdown timeout")
+        return swept == 0 and done and settled
 
     def _sweep(self, reason: str, ops: Iterable[Operation] = ()) -> int:
         """Spool everything held (then `ops`); returns how many were written."""

@@ -15,7 +15,7 @@ task's only argument, published with `serializer="json"`. On a Redis broker the 
 written with one `LPUSH` (what kombu's Redis transport writes, without Celery's publish
 machinery), and `record()` returns once it cannot be lost to a web process killed right
 after: over Redis's unix socket (`redis+socket:///path`) once the kernel holds the command
-in Redis's receive queue, Redis's replies being read by the route's own thread; over TCP
+in Redis's receive queue, its reply read later; over TCP
 (`redis://`, `rediss://`) once Redis has replied (see `_RedisLpush` for why). That LPUSH
 is the request path's cost, so it is kept short: the message's constant parts are
 serialised once per route (`_Envelope`), and the command goes over connections the route
@@ -50,8 +50,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from urllib.parse import parse_qs, urlsplit
 
 from celery import Celery
@@ -456,11 +456,12 @@ class _RedisLpush:
     How a call ends depends on the socket:
 
     - a unix socket (`replies` given): the call returns once the kernel holds the whole
-      command in Redis's receive queue, and `replies` reads Redis's replies in the
-      background (`_PipeLink`). Bytes written to a unix socket stay in the receiving
-      end's queue when the sender dies, so a process killed right after the call loses
-      nothing. What Redis refuses, or does not confirm within `timeout` (the connection
-      lost, or Redis hung), `replies` hands back to the recorder.
+      command in Redis's receive queue (`_PipeLink`). Bytes written to a unix socket stay
+      in the receiving end's queue when the sender dies, so a process killed right after
+      the call loses nothing. Redis's replies are read later: by the next call on the same
+      connection, without waiting, or by `replies`' thread for a connection left alone.
+      What Redis refuses, or does not confirm within `timeout` (the connection lost, or
+      Redis hung), is handed back to the recorder.
     - TCP: the call returns once Redis has replied (`_Link`). Waiting is what keeps a hard
       kill from losing data: a TCP socket closed with a reply still unread sends a reset,
       and Linux then discards what Redis had received and not yet read (measured: 99 of
@@ -533,7 +534,7 @@ class _RedisLpush:
 
     def _send(self, link: _Link | _PipeLink, command: bytes, op: Operation) -> None:
         try:
-            link.lpush(command, op)
+            said = link.lpush(command, op)
         except _Backlog:
             self._idle.append(link)
             raise
@@ -543,9 +544,11 @@ class _RedisLpush:
             else:
                 link.connection.disconnect()
             raise
+        self._idle.append(link)
         if type(link) is _Link:
             self._confirmed += 1
-        self._idle.append(link)
+        elif said is not None and self._replies is not None:
+            self._replies.heard(cast("_PipeLink", link), said)
 
 
 #: Bytes read at a time: an LPUSH reply is `:<length of the list>\r\n`, an error one line.
@@ -556,11 +559,12 @@ _REPLIES_CHUNK = 65536
 #: memory until then); past either, `record()` delivers in-process.
 MAX_UNCONFIRMED = 10_000
 MAX_UNCONFIRMED_BYTES = 16 * 1024 * 1024
-#: How long `_Replies` sleeps, in ms, when nothing waits for a confirmation (a message
-#: written meanwhile is found overdue this much late, at most, if Redis never replies).
-_REPLIES_IDLE_MS = 1000
-#: How often, in seconds, `_Replies` reads the replies while messages wait for them.
-_CONFIRM_EVERY = 0.005
+#: Seconds after which `_Replies` reads the replies a connection's writers left unread
+#: (it wakes this often while any are due; a thread taking the GIL once per reply would
+#: slow the recording threads), and how long it sleeps when none are due (a message written
+#: meanwhile is found overdue this much late, at most, if Redis never replies).
+_CONFIRM_EVERY = 0.02
+_REPLIES_IDLE = 0.2
 
 
 class _Backlog(Exception):
@@ -585,6 +589,7 @@ class _Link:
         self._socket = None if sock is None else _Socket(sock, timeout, spin_ns)
 
     def lpush(self, command: bytes, op: Operation) -> None:
+        """Send `command` and wait for Redis's reply (raises on an error reply)."""
         if self._socket is None:
             self.connection.send_packed_command((command,), check_health=False)
             self.connection.read_response()
@@ -597,23 +602,24 @@ class _Link:
 
 
 class _PipeLink:
-    """One connected redis-py connection over a unix socket: `lpush` returns once the
-    command is written; `_Replies` reads the replies and matches them, in order, with
-    `unconfirmed` (when each was written, its size, and the operation)."""
+    """One connected redis-py connection over a unix socket. `lpush` writes the command,
+    then reads (without waiting) the replies that have come by then, and matches them, in
+    order, with `unconfirmed` (when each was written, its size, and the operation): a thread
+    that records often confirms its earlier messages itself, and `_Replies` reads only
+    for connections left alone. Both return what the replies said (`_Said`, or None)."""
 
     def __init__(self, connection: Any, sock: socket.socket, timeout: float) -> None:
         self.connection = connection
-        self.fd = sock.fileno()
         self.unconfirmed: deque[tuple[int, int, Operation]] = deque()
-        #: Bytes written, and bytes confirmed (each counter has one writer).
-        self.written = self.confirmed = 0
+        #: Bytes written and bytes confirmed; messages confirmed.
+        self.written = self.confirmed = self.acks = 0
         self.partial = b""
         self.lost = False
-        #: Held while writing, and while `_Replies.lose` takes what is unconfirmed.
+        #: Held while writing or reading, and while `_Replies.lose` takes what is left.
         self.lock = threading.Lock()
         self.socket = _Socket(sock, timeout, 0)
 
-    def lpush(self, command: bytes, op: Operation) -> None:
+    def lpush(self, command: bytes, op: Operation) -> _Said | None:
         unconfirmed = self.unconfirmed
         with self.lock:
             if self.lost:
@@ -631,17 +637,54 @@ class _PipeLink:
                 unconfirmed.pop()  # not (wholly) written: the caller delivers it
                 raise
             self.written += size
+            return self._read_locked()
+
+    def read(self) -> _Said | None:
+        with self.lock:
+            return None if self.lost else self._read_locked()
+
+    def _read_locked(self) -> _Said | None:
+        try:
+            data = self.socket.read(_REPLIES_CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:  # ConnectionResetError when Redis closed it
+            return _Said((), _error_text(exc), lost=True)
+        lines = (self.partial + data).split(b"\r\n")
+        self.partial = lines.pop()
+        refused: list[Operation] = []
+        reason = ""
+        for line in lines:
+            try:
+                _, size, op = self.unconfirmed.popleft()
+            except IndexError:
+                return _Said(refused, f"a reply to no command: {line[:80]!r}", lost=True)
+            self.confirmed += size
+            if line[:1] == b":":
+                self.acks += 1
+            else:
+                refused.append(op)
+                reason = "Redis refused the LPUSH: " + line.decode("utf-8", "replace").lstrip("-")
+        return _Said(refused, reason, lost=False) if refused else None
+
+
+class _Said(NamedTuple):
+    """What replies said: operations Redis refused, why, and whether the link is lost."""
+
+    refused: Sequence[Operation]
+    reason: str
+    lost: bool
 
 
 class _Replies:
-    """Reads the replies to the pipelined LPUSHes of one `_RedisLpush`, in a daemon thread
-    started with its first connection.
+    """The pipelined connections of one `_RedisLpush`, and a daemon thread (started with
+    the first) that confirms what their writers have left unread for `_CONFIRM_EVERY`.
 
-    Each reply confirms the oldest unconfirmed message of its connection. An error reply
-    (`-OOM`, `-READONLY`, `-WRONGTYPE`, ...), a connection closed or failing, or a
-    message left unconfirmed for `timeout` seconds hands the operations concerned back
-    (`hand_back(ops, reason)`, which delivers them in-process). `settle(deadline)` waits
-    until everything written so far is confirmed, and at `deadline` hands back the rest.
+    An error reply (`-OOM`, `-READONLY`, `-WRONGTYPE`, ...), a connection closed or
+    failing, or a message left unconfirmed for `timeout` seconds hands the operations
+    concerned back (`hand_back(ops, reason)`, which delivers them in-process).
+    `settle(deadline)` waits until everything written so far is confirmed, and at
+    `deadline` hands back the rest.
     """
 
     def __init__(self, timeout: float, hand_back: Callable[[list[Operation], str], None]) -> None:
@@ -649,34 +692,36 @@ class _Replies:
         self._timeout_ns = round(timeout * 1e9)
         self._hand_back = hand_back
         self._links: dict[int, _PipeLink] = {}
-        self._poll = select.poll()
-        #: A new connection wakes the thread (through this pipe) to watch it too.
-        self._wake: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.confirmed = 0
+        self._lost_acks = 0
+
+    @property
+    def confirmed(self) -> int:
+        return self._lost_acks + sum(link.acks for link in list(self._links.values()))
 
     def for_child(self) -> _Replies:
         """A forked child's own (its parent's connections and thread are not its own)."""
         return _Replies(self._timeout, self._hand_back)
 
     def add(self, link: _PipeLink) -> _PipeLink:
-        self._links[link.fd] = link
-        self._poll.register(link.fd, select.POLLIN)
+        self._links[id(link)] = link
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None:
-                    self._wake = os.pipe()
-                    os.set_blocking(self._wake[1], False)
-                    self._poll.register(self._wake[0], select.POLLIN)
                     thread = threading.Thread(
                         target=self._run, name="freeplay-celery-replies", daemon=True
                     )
                     thread.start()
                     self._thread = thread
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending anyway
-            os.write(cast("tuple[int, int]", self._wake)[1], b"\0")
         return link
+
+    def heard(self, link: _PipeLink, said: _Said) -> None:
+        """Act on what `link`'s replies said (in the thread that read them)."""
+        if said.lost:
+            self.lose(link, said.reason)
+        if said.refused:
+            self._hand_back(list(said.refused), said.reason)
 
     def lose(self, link: _PipeLink, reason: str) -> None:
         """Close `link`; hand back what it has not confirmed."""
@@ -686,68 +731,42 @@ class _Replies:
             link.lost = True
             ops = [op for _, _, op in link.unconfirmed]
             link.unconfirmed.clear()
-        if self._links.pop(link.fd, None) is link:
-            with contextlib.suppress(KeyError, ValueError):
-                self._poll.unregister(link.fd)
+        if self._links.pop(id(link), None) is link:
+            self._lost_acks += link.acks
         link.connection.disconnect()
         if ops:
             self._hand_back(ops, reason)
 
     def settle(self, deadline: float | None) -> bool:
-        while any(link.unconfirmed for link in list(self._links.values())):
+        while True:
+            waiting = [link for link in list(self._links.values()) if link.unconfirmed]
+            if not waiting:
+                return True
             if deadline is not None and time.monotonic() >= deadline:
-                for link in list(self._links.values()):
-                    if link.unconfirmed:
-                        self.lose(link, "not confirmed by Redis before the flush timeout")
+                for link in waiting:
+                    self.lose(link, "not confirmed by Redis before the flush timeout")
                 return False
+            for link in waiting:
+                said = link.read()
+                if said is not None:
+                    self.heard(link, said)
             time.sleep(0.001)
-        return True
 
     def _run(self) -> None:
-        wake = cast("tuple[int, int]", self._wake)[0]
+        stale_ns = round(_CONFIRM_EVERY * 1e9)
         while True:
-            if any(link.unconfirmed for link in list(self._links.values())):
-                # Busy: read what has come every `_CONFIRM_EVERY` (waking on each reply
-                # would take the GIL from the recording threads once per message).
-                time.sleep(_CONFIRM_EVERY)
-                for busy in list(self._links.values()):
-                    if busy.unconfirmed:
-                        self._read(busy)
-            else:  # idle: sleep until a reply, a new connection, or `_REPLIES_IDLE_MS`
-                for fd, _ in self._poll.poll(_REPLIES_IDLE_MS):
-                    ready = self._links.get(fd)
-                    if ready is not None:
-                        self._read(ready)
-                    elif fd == wake:
-                        os.read(wake, 4096)
+            waiting = False
+            now = time.perf_counter_ns()
+            for link in list(self._links.values()):
+                unconfirmed = link.unconfirmed
+                if unconfirmed:
+                    waiting = True
+                    if now - unconfirmed[0][0] >= stale_ns:
+                        said = link.read()
+                        if said is not None:
+                            self.heard(link, said)
             self._expire()
-
-    def _read(self, link: _PipeLink) -> None:
-        try:
-            data = link.socket.read(_REPLIES_CHUNK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except Exception as exc:
-            self.lose(link, _error_text(exc))
-            return
-        lines = (link.partial + data).split(b"\r\n")
-        link.partial = lines.pop()
-        refused: list[Operation] = []
-        reason = ""
-        for line in lines:
-            try:
-                _, size, op = link.unconfirmed.popleft()
-            except IndexError:
-                self.lose(link, f"a reply to no command: {line[:80]!r}")
-                return
-            link.confirmed += size
-            if line[:1] == b":":
-                self.confirmed += 1
-            else:
-                refused.append(op)
-                reason = line.decode("utf-8", "replace").lstrip("-")
-        if refused:
-            self._hand_back(refused, f"Redis refused the LPUSH: {reason}")
+            time.sleep(_CONFIRM_EVERY if waiting else _REPLIES_IDLE)
 
     def _expire(self) -> None:
         oldest = time.perf_counter_ns() - self._timeout_ns

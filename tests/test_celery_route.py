@@ -316,6 +316,7 @@ def test_a_redis_socket_broker_url_publishes_over_the_unix_socket(
     assert unix_clients[0]["cmd"] == "lpush"
     # The worker reads the same Redis over TCP and delivers them.
     freeplay.wait_for(lambda: sorted(_stored_ids(freeplay)) == sorted(ids), timeout=30)
+    assert route.flush(time.monotonic() + 10)
     assert route.published == 3 and route.refused == 0
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/celery_route.py                 # 7 rounds of 2,000 calls
     .venv/bin/python bench/celery_route.py --rounds 5 --records 2000
+    .venv/bin/python bench/celery_route.py --placement apart   # Redis on a core of its own
 
 One `redis-server` is started here, listening on a free loopback port and on a unix socket;
 no worker runs (the queue is emptied between rounds, outside the timings). Each round
@@ -32,6 +33,13 @@ round so that no case always runs first:
 - the parts of the route's `record()` before its LPUSH, one at a time: `record() alone`
   (with a route that takes the operation and does nothing), `op.to_json_text()`
   (the operation's JSON, one pass), and the message built around it (`envelope`).
+
+Where the kernel runs Redis matters as much as the code (`--placement`): a write to a
+unix socket wakes Redis with the "sync" hint, which asks the scheduler to run it on the
+writer's CPU, where it then takes turns with the recording thread. `free` (the default)
+leaves the placement to the scheduler, as an app does; `apart` pins this process to CPU 0
+and Redis to CPU 1 (Redis given a core of its own, e.g. with its `server_cpulist`);
+`together` pins both to CPU 0.
 
 Prints, per round, each case's median and p99 and the load average; then the median over
 rounds of each, with the CPU time the process spent per call (a spin on the reply shows
@@ -67,6 +75,12 @@ MESSAGES = [
 WARM_UP = 200
 TARGET_P99_US = 100.0
 QUEUE = "celery"
+#: `--placement`: the CPUs of this process and of Redis (None: the scheduler's choice).
+PLACEMENTS: dict[str, tuple[set[int] | None, set[int] | None]] = {
+    "free": (None, None),
+    "apart": ({0}, {1}),
+    "together": ({0}, {0}),
+}
 
 
 class NullRoute:
@@ -151,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--records", type=int, default=2000)
+    parser.add_argument("--placement", choices=PLACEMENTS, default="free")
     args = parser.parse_args(argv)
+    mine, redis_cpus = PLACEMENTS[args.placement]
+    if mine is not None:  # before any thread starts: they all inherit it
+        os.sched_setaffinity(0, mine)
     import redis
     from celery import Celery
 
@@ -165,11 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(
         f"{os.cpu_count()} CPUs, load average {_load()} at the start; redis-py {redis.__version__}"
-        f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}); {args.rounds} rounds of {args.records}"
+        f" (hiredis: {redis.utils.HIREDIS_AVAILABLE}); {args.rounds} rounds of {args.records};"
+        f" placement: {args.placement}"
     )
     spool_dir = tempfile.mkdtemp(prefix="freeplay-bench-")
     configure_recording(spool_path=os.path.join(spool_dir, "spool.jsonl"))
     with LocalFreeplay() as freeplay, RedisServer() as server:
+        if redis_cpus is not None:
+            for thread in os.listdir(f"/proc/{server.process.pid}/task"):
+                os.sched_setaffinity(int(thread), redis_cpus)
         cases: dict[str, Callable[[], list[float]]] = {}
         inspect = server.client()
         null, alone = NullRoute(), freeplay.client()

@@ -41,6 +41,7 @@ from freeplay_integrations._recording import (
     Trace,
     TraceFeedback,
     TraceMetadata,
+    _scheduler,
     default_spool_path,
     operation_from_json,
     recorder_for,
@@ -276,6 +277,40 @@ def test_requests_in_flight_grow_with_the_backlog_and_stop_at_the_ceiling(
         time.sleep(0.05)
     assert recorder._threads == 0  # and shrank once idle
     assert recorder.stats().sent == 40
+
+
+def test_a_sending_thread_hands_over_to_a_successor_after_its_share_of_operations(
+    client: Freeplay, server: LocalFreeplay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each thread exits after OPERATIONS_PER_THREAD attempts (its allocator caches go with
+    # it); a successor takes over while work waits: nothing is lost or sent twice, and the
+    # ceiling still holds.
+    monkeypatch.setattr(_scheduler, "OPERATIONS_PER_THREAD", 5)
+    configure_recording(client, max_concurrency=2, idle_timeout=0.3)
+    recorder = recorder_for(client)
+    attempts: dict[threading.Thread, int] = {}
+    most = 0
+    attempt = recorder._attempt
+
+    def counted(op: Operation) -> None:
+        nonlocal most
+        thread = threading.current_thread()
+        attempts[thread] = attempts.get(thread, 0) + 1
+        most = max(most, recorder._threads)
+        attempt(op)
+
+    monkeypatch.setattr(recorder, "_attempt", counted)
+    server.faults.latency(0.02)
+    with session_scope(client, project_id=server.project_id) as session:
+        for n in range(60):
+            record(all_messages=chat(str(n)))
+    assert recorder.flush(20)
+    assert sum(attempts.values()) == 60
+    assert max(attempts.values()) == 5
+    assert len(attempts) >= 12
+    assert most <= 2
+    assert len(server.completions(session.session_id)) == 60
+    assert recorder.stats().sent == 60
 
 
 def test_requests_in_flight_shrink_while_freeplay_fails_and_grow_again_after(

@@ -313,6 +313,34 @@ def test_a_sending_thread_hands_over_to_a_successor_after_its_share_of_operation
     assert recorder.stats().sent == 60
 
 
+def test_a_sending_thread_that_cannot_start_a_successor_goes_on_itself(
+    client: Freeplay, server: LocalFreeplay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Python 3.12 refuses new threads once the interpreter is exiting (an atexit flush):
+    # the thread due to hand over keeps sending, and a refused growth is not counted.
+    monkeypatch.setattr(_scheduler, "OPERATIONS_PER_THREAD", 3)
+    configure_recording(client, max_concurrency=4, idle_timeout=5)
+    recorder = recorder_for(client)
+    server.faults.latency(0.02)
+    with session_scope(client, project_id=server.project_id) as session:
+        record(all_messages=chat("first"))  # one thread starts
+        assert recorder.flush(5)
+        started = threading.Thread.start
+
+        def refused(thread: threading.Thread) -> None:
+            if thread.name == "freeplay-recorder":
+                raise RuntimeError("can't create new thread at interpreter shutdown")
+            started(thread)
+
+        monkeypatch.setattr(threading.Thread, "start", refused)
+        for n in range(20):
+            record(all_messages=chat(str(n)))
+        assert recorder.flush(20)
+        assert recorder._threads == 1  # the refused growth was not counted
+    assert len(server.completions(session.session_id)) == 21
+    assert recorder.stats().sent == 21
+
+
 def test_requests_in_flight_shrink_while_freeplay_fails_and_grow_again_after(
     client: Freeplay, server: LocalFreeplay
 ) -> None:

@@ -3,10 +3,11 @@
 `submit` puts an operation on the ready queue (or holds it until the one it follows is
 handled) and returns: no network I/O on the request path. Sending threads are started
 while a backlog waits and Freeplay answers, up to `max_concurrency`; a thread idle for
-`idle_timeout` exits. A transient failure puts the operation on a timer (capped,
-jittered backoff, or what `Retry-After` says) without holding a thread; it is retried
-for `retry_for` seconds, then spooled. Past the queue's count or byte budget, new
-operations go to the spool; once Freeplay answers again the recorder drains the spool.
+`idle_timeout` exits, and one that made `OPERATIONS_PER_THREAD` attempts hands over to a
+new one. A transient failure puts the operation on a timer (capped, jittered backoff, or
+what `Retry-After` says) without holding a thread; it is retried for `retry_for` seconds,
+then spooled. Past the queue's count or byte budget, new operations go to the spool; once
+Freeplay answers again the recorder drains the spool.
 """
 
 from __future__ import annotations
@@ -107,11 +108,11 @@ class Route(Protocol):
     def submit(self, op: Operation) -> bool: ...
 
 
-#: Operations a sending thread attempts before it exits, a successor taking its place
-#: while work waits. The C allocator keeps caches per thread (glibc's tcache: up to 7 freed
-#: blocks of each size to 1 KiB) that fill slowly with the sizes a thread has seen; 64
-#: threads that never exit grow the process's memory for hundreds of thousands of
-#: recordings. A thread's exit hands its caches back.
+#: Operations a sending thread attempts before a successor it starts takes its place. The
+#: C allocator keeps caches per thread (glibc's tcache: up to 7 freed blocks of each size
+#: to 1 KiB) that fill slowly with the sizes a thread has seen: 64 threads that never exit
+#: grow the process's memory for hundreds of thousands of recordings. A thread's exit
+#: hands its caches back.
 OPERATIONS_PER_THREAD = 200
 
 
@@ -523,8 +524,13 @@ class Recorder:
         with self._cond:
             count, self._to_start = self._to_start, 0
             self._threads += count
-        for _ in range(count):
-            threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
+        for started in range(count):
+            try:
+                threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
+            except RuntimeError:  # the interpreter is exiting (Python 3.12): no new threads
+                with self._cond:
+                    self._threads -= count - started
+                return
 
     def _cancel_locked(self, session_id: str) -> list[Operation]:
         """Cancel what is pending for a session about to be deleted; the delete follows it."""
@@ -582,9 +588,15 @@ class Recorder:
 
     def _work(self) -> None:
         op: Operation | None = None
-        retiring = False
+        attempts = 0
+        handed_over = False
         try:
-            for _ in range(OPERATIONS_PER_THREAD):
+            while True:
+                if attempts >= OPERATIONS_PER_THREAD:
+                    attempts = 0
+                    if self._start_successor():
+                        handed_over = True
+                        return
                 with self._cond:
                     if op is not None:
                         self._in_flight -= 1
@@ -597,23 +609,31 @@ class Recorder:
                 if self._to_start:
                     self._start_threads()
                 top_up_ids()  # so that the request path seldom refills the ID pool
+                attempts += 1
                 try:
                     self._attempt(op)
                 except BaseException:  # pragma: no cover - _attempt handles every failure
                     logger.exception(LOG_WORKER_CRASHED)
                     self._spool([op], "recorder error")
-            retiring = True
         finally:
             with self._cond:
                 if op is not None:
                     self._in_flight -= 1
-                self._threads -= 1
-                if retiring and (self._ready or self._intake or self._timers):
-                    self._to_start += 1  # its successor starts with empty caches
-                elif self._threads == 0 and (self._ready or self._intake):
-                    self._admit_locked()
-                    self._wake_locked()
+                if not handed_over:  # (a successor keeps this thread's place in the count)
+                    self._threads -= 1
+                    if self._threads == 0 and (self._ready or self._intake):
+                        self._admit_locked()
+                        self._wake_locked()
             self._start_threads()
+
+    def _start_successor(self) -> bool:
+        """Start the thread that takes this one's place; False when none can start (Python
+        3.12 refuses new threads once the interpreter is exiting: this one goes on)."""
+        try:
+            threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
+        except RuntimeError:
+            return False
+        return True
 
     def _attempt(self, op: Operation) -> None:
         if op.state is not None:

@@ -282,9 +282,8 @@ def test_requests_in_flight_grow_with_the_backlog_and_stop_at_the_ceiling(
 def test_a_sending_thread_hands_over_to_a_successor_after_its_share_of_operations(
     client: Freeplay, server: LocalFreeplay, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Each thread exits after OPERATIONS_PER_THREAD attempts (its allocator caches go with
-    # it); a successor takes over while work waits: nothing is lost or sent twice, and the
-    # ceiling still holds.
+    # After OPERATIONS_PER_THREAD attempts a thread starts its successor and exits (its
+    # allocator caches go with it): nothing is lost or sent twice, and the ceiling holds.
     monkeypatch.setattr(_scheduler, "OPERATIONS_PER_THREAD", 5)
     configure_recording(client, max_concurrency=2, idle_timeout=0.3)
     recorder = recorder_for(client)

@@ -113,7 +113,7 @@ class Route(Protocol):
 #: to 1 KiB) that fill slowly with the sizes a thread has seen: 64 threads that never exit
 #: grow the process's memory for hundreds of thousands of recordings. A thread's exit
 #: hands its caches back.
-OPERATIONS_PER_THREAD = 200
+OPERATIONS_PER_THREAD = 50
 
 
 @dataclasses.dataclass(frozen=True)

@@ -525,9 +525,7 @@ class Recorder:
             count, self._to_start = self._to_start, 0
             self._threads += count
         for started in range(count):
-            try:
-                threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
-            except RuntimeError:  # the interpreter is exiting (Python 3.12): no new threads
+            if not self._start_thread():
                 with self._cond:
                     self._threads -= count - started
                 return
@@ -594,7 +592,7 @@ class Recorder:
             while True:
                 if attempts >= OPERATIONS_PER_THREAD:
                     attempts = 0
-                    if self._start_successor():
+                    if self._start_thread():  # a successor, which takes this one's place
                         handed_over = True
                         return
                 with self._cond:
@@ -626,9 +624,9 @@ class Recorder:
                         self._wake_locked()
             self._start_threads()
 
-    def _start_successor(self) -> bool:
-        """Start the thread that takes this one's place; False when none can start (Python
-        3.12 refuses new threads once the interpreter is exiting: this one goes on)."""
+    def _start_thread(self) -> bool:
+        """Start a sending thread; False when none can start (Python 3.12 refuses new
+        threads once the interpreter is exiting)."""
         try:
             threading.Thread(target=self._work, name="freeplay-recorder", daemon=True).start()
         except RuntimeError:
